@@ -1,0 +1,49 @@
+# INCISIVE Lab: `make demo` and `make test` work on a fresh machine.
+# Each creates .venv if missing and installs what it needs (Python packages from
+# PyPI; Debian packages with apt-get when running as root, otherwise the exact
+# apt-get line is printed).
+
+SHELL   := /bin/bash
+PYTHON  ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+DEBS    := tesseract-ocr tesseract-ocr-eng
+PYTEST_ARGS ?=
+
+.PHONY: all install system-deps test lint demo bench clean
+
+all: test
+
+$(BIN)/python:
+	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python >= 3.11 is required"'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e '.[test,dev,bench]'
+	touch $@
+
+system-deps:
+	@.ci/ensure-debs $(DEBS)
+
+install: $(STAMP) system-deps
+
+lint: install
+	$(BIN)/ruff check incisive_lab tests bench
+	$(BIN)/mypy
+
+# pytest exit code 5 means "no tests collected": that is a broken suite, not a pass.
+test: install lint
+	@set +e; $(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; \
+	exit $$rc
+
+demo: install
+	$(BIN)/incisive-lab demo
+
+bench: install
+	$(BIN)/python bench/run.py
+
+clean:
+	rm -rf .pytest_cache .mypy_cache .ruff_cache build dist *.egg-info
