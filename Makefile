@@ -8,7 +8,7 @@ PYTHON  ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
-DEBS    := tesseract-ocr tesseract-ocr-eng
+DEBS    := tesseract-ocr tesseract-ocr-eng postgresql
 PYTEST_ARGS ?=
 
 .PHONY: all install system-deps test lint demo bench clean
