@@ -1,0 +1,381 @@
+"""De-identify a whole folder: DICOM files (in parallel) and clinical spreadsheets.
+
+:func:`deidentify_tree` walks ``src``, de-identifies every DICOM file into ``dst`` under
+a layout made of pseudonyms only (``<patient>/<study UID>/<series UID>/<instance
+UID>.dcm`` — source paths often carry names and IDs), de-identifies clinical
+spreadsheets (``*.xlsx``) with the same pseudonyms and date shifts, writes the vault
+(pseudonymisation) and a machine-readable report.
+
+Every output file is written to a temporary name and renamed, so a killed run leaves
+only complete files; rerunning is idempotent (pseudonymisation produces the same bytes).
+With ``jobs > 1`` the files are shared among worker processes; the output is
+identical to ``jobs = 1``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing
+import os
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from incisive_lab.deid._engine import Engine, FileResult
+from incisive_lab.deid.keys import Secret
+from incisive_lab.deid.profile import Mode, Profile
+from incisive_lab.deid.vault import Vault
+from incisive_lab.errors import IncisiveLabError
+
+__all__ = ["FileRecord", "RunReport", "deidentify_tree"]
+
+REPORT_FORMAT = "incisive-deid-report/1"
+_CHUNK = 16
+
+
+@dataclass(slots=True)
+class FileRecord:
+    """The outcome for one source file (as it appears in the report)."""
+
+    source: str
+    status: str  #: ok | quarantined | failed | skipped
+    output: str | None = None
+    patient: str | None = None
+    actions: str | None = None  #: id of the action set in the report
+    reason: str = ""
+    warnings: list[str] = field(default_factory=list)
+    pixels_cleaned: bool = False
+    digest: str | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"source": self.source, "status": self.status}
+        for key in ("output", "patient", "actions", "reason"):
+            value = getattr(self, key)
+            if value:
+                d[key] = value
+        if self.warnings:
+            d["warnings"] = self.warnings
+        if self.pixels_cleaned:
+            d["pixels_cleaned"] = True
+        return d
+
+
+@dataclass
+class RunReport:
+    """What a run did; :meth:`write` stores it as JSON."""
+
+    mode: str
+    options: list[str]
+    method_codes: list[dict[str, str]]
+    files: list[FileRecord]
+    action_sets: dict[str, list[list[str]]]
+    clinical: list[dict[str, Any]]
+    vault_rows: int
+    seconds: float
+    jobs: int
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """Files per status."""
+        counts = {"ok": 0, "quarantined": 0, "failed": 0, "skipped": 0}
+        for f in self.files:
+            counts[f.status] = counts.get(f.status, 0) + 1
+        return counts
+
+    @property
+    def patients(self) -> int:
+        """Distinct patients (pseudonyms) in the output."""
+        return len({f.patient for f in self.files if f.patient and f.status == "ok"})
+
+    def as_json(self, *, timing: bool = True) -> dict[str, Any]:
+        summary: dict[str, Any] = {"files": len(self.files), **self.counts, "patients": self.patients,
+                                   "pixels_cleaned": sum(f.pixels_cleaned for f in self.files),
+                                   "vault_rows": self.vault_rows,
+                                   "clinical_files": len(self.clinical)}
+        if timing:
+            summary["seconds"] = round(self.seconds, 3)
+            summary["files_per_second"] = round(len(self.files) / self.seconds, 1) if self.seconds else None
+            summary["jobs"] = self.jobs
+        from incisive_lab import __version__
+
+        return {
+            "format": REPORT_FORMAT,
+            "tool": f"INCISIVE Lab {__version__}",
+            "mode": self.mode,
+            "options": self.options,
+            "method_codes": self.method_codes,
+            "summary": summary,
+            "action_sets": self.action_sets,
+            "files": [f.as_json() for f in self.files],
+            "clinical": self.clinical,
+        }
+
+    def write(self, path: str | os.PathLike[str]) -> Path:
+        """Write the report as JSON, atomically."""
+        p = Path(path)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}")
+        tmp.write_text(json.dumps(self.as_json(), indent=1, sort_keys=False) + "\n", encoding="utf-8")
+        os.replace(tmp, p)
+        return p
+
+
+# --- worker side ---------------------------------------------------------------------------
+
+_worker: _Worker | None = None
+
+
+class _Worker:
+    """Holds one engine per process; processes chunks of files."""
+
+    def __init__(self, profile: Profile, secret: Secret, src: Path, dst: Path, quarantine: Path | None,
+                 safe_private: Path | None) -> None:
+        self.engine = Engine(profile, secret, safe_private=safe_private)
+        self.src, self.dst, self.quarantine = src, dst, quarantine
+        self.made_dirs: set[Path] = set()
+        self.action_ids: dict[tuple[tuple[str, str, str], ...], str] = {}
+
+    def run(self, rels: Sequence[str]) -> tuple[list[FileRecord], dict[str, list[list[str]]], list[tuple[bytes, str, bytes, bytes]]]:
+        records: list[FileRecord] = []
+        new_sets: dict[str, list[list[str]]] = {}
+        vault_rows: list[tuple[bytes, str, bytes, bytes]] = []
+        for rel in rels:
+            path = self.src / rel
+            try:
+                data = path.read_bytes()
+            except OSError as exc:
+                records.append(FileRecord(rel, "failed", reason=f"cannot read: {exc.strerror}"))
+                continue
+            result = self.engine.process(data)
+            records.append(self._record(rel, data, result, new_sets))
+            vault_rows.extend(result.vault)
+        return records, new_sets, vault_rows
+
+    def _record(self, rel: str, data: bytes, result: FileResult, new_sets: dict[str, list[list[str]]]) -> FileRecord:
+        if result.status != "ok":
+            if result.status == "quarantined" and self.quarantine is not None:
+                _atomic_write(self.quarantine / rel, data, self.made_dirs)
+            return FileRecord(rel, result.status, reason=result.reason)
+        assert result.output is not None and result.relpath is not None
+        _atomic_write(self.dst / result.relpath, result.output, self.made_dirs)
+        key = tuple(result.actions)
+        set_id = self.action_ids.get(key)
+        if set_id is None:
+            blob = json.dumps(key, separators=(",", ":")).encode()
+            set_id = hashlib.sha256(blob).hexdigest()[:12]
+            self.action_ids[key] = set_id
+            new_sets[set_id] = [list(a) for a in key]
+        return FileRecord(
+            rel, "ok", output=result.relpath, patient=result.patient, actions=set_id,
+            warnings=result.warnings, pixels_cleaned=result.pixels_cleaned,
+            digest=hashlib.sha256(result.output).hexdigest(),
+        )
+
+
+def _atomic_write(path: Path, data: bytes, made: set[Path]) -> None:
+    parent = path.parent
+    if parent not in made:
+        parent.mkdir(parents=True, exist_ok=True)
+        made.add(parent)
+    tmp = parent / f".{path.name}.tmp-{os.getpid()}"
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+    os.replace(tmp, path)
+
+
+def _init_worker(*args: Any) -> None:
+    global _worker
+    _worker = _Worker(*args)
+
+
+def _run_chunk(rels: Sequence[str]) -> tuple[list[FileRecord], dict[str, list[list[str]]], list[tuple[bytes, str, bytes, bytes]]]:
+    assert _worker is not None
+    return _worker.run(rels)
+
+
+# --- driver --------------------------------------------------------------------------------
+
+_SPREADSHEET_SUFFIXES = (".xlsx",)
+
+
+def _walk(src: Path, exclude: Sequence[Path]) -> Iterator[str]:
+    for root, dirs, files in os.walk(src):
+        root_path = Path(root)
+        dirs[:] = sorted(d for d in dirs if (root_path / d).resolve() not in exclude)
+        for name in sorted(files):
+            yield (root_path / name).relative_to(src).as_posix()
+
+
+def deidentify_tree(
+    src: str | os.PathLike[str],
+    dst: str | os.PathLike[str],
+    *,
+    profile: Profile,
+    secret: Secret | None = None,
+    vault: str | os.PathLike[str] | None = None,
+    jobs: int = 1,
+    report: str | os.PathLike[str] | None = None,
+    quarantine: str | os.PathLike[str] | None = None,
+    safe_private: str | os.PathLike[str] | None = None,
+    progress: bool | None = None,
+) -> RunReport:
+    """De-identify every file under ``src`` into ``dst``.
+
+    Parameters
+    ----------
+    src, dst : path
+        Source folder (or a single file) and destination folder (created if needed;
+        must not overlap ``src``).
+    profile : Profile
+        Mode and options.
+    secret : Secret, optional
+        The provider's secret; required for pseudonymisation. Anonymisation makes its
+        own random salt and must not be given one.
+    vault : path, optional
+        Pseudonymisation only: the vault file to create or extend.
+    jobs : int
+        Worker processes (1 = in this process).
+    report : path, optional
+        Where to write the JSON report.
+    quarantine : path, optional
+        Where to copy quarantined originals for a steward to review (provider side only).
+    safe_private : path, optional
+        Extra safe-private table (JSON).
+    progress : bool, optional
+        Show a progress bar (default: when stderr is a terminal).
+
+    Returns
+    -------
+    RunReport
+
+    Raises
+    ------
+    IncisiveLabError
+        For bad arguments (missing source, overlapping folders, a secret with
+        anonymisation, ...). Problems with individual files do not raise: they are
+        reported per file.
+    """
+    started = time.perf_counter()
+    src_path, dst_path = Path(src), Path(dst)
+    if not src_path.exists():
+        raise IncisiveLabError(f"source {src_path} does not exist")
+    if jobs < 1:
+        raise IncisiveLabError(f"--jobs must be at least 1 (got {jobs})")
+    src_res, dst_res = src_path.resolve(), dst_path.resolve()
+    if src_path.is_dir() and (dst_res == src_res or src_res in dst_res.parents or dst_res in src_res.parents):
+        raise IncisiveLabError(f"destination {dst_path} and source {src_path} overlap; choose a separate folder")
+    if profile.mode is Mode.ANONYMIZE:
+        if secret is not None and not secret.ephemeral:
+            raise IncisiveLabError("--mode anonymize uses a fresh random salt per run: do not pass --secret-file")
+        if vault is not None:
+            raise IncisiveLabError("--mode anonymize is irreversible and keeps no vault: do not pass --vault")
+        secret = Secret.generate(ephemeral=True)
+    elif secret is None:
+        raise IncisiveLabError("--mode pseudonymize needs the provider's secret (--secret-file)")
+
+    if src_path.is_file():
+        base, rels = src_path.parent, [src_path.name]
+    else:
+        exclude = [p.resolve() for p in (dst_path, Path(quarantine) if quarantine else None) if p is not None]
+        base, rels = src_path, list(_walk(src_path, exclude))
+    dicom_rels = [r for r in rels if not r.lower().endswith(_SPREADSHEET_SUFFIXES)]
+    sheet_rels = [r for r in rels if r.lower().endswith(_SPREADSHEET_SUFFIXES)]
+    dst_path.mkdir(parents=True, exist_ok=True)
+    qpath = Path(quarantine) if quarantine else None
+    sp = Path(safe_private) if safe_private else None
+    vault_obj = Vault(vault, secret, create=True) if vault is not None else None
+
+    records: list[FileRecord] = []
+    action_sets: dict[str, list[list[str]]] = {}
+    vault_count = 0
+    show = sys.stderr.isatty() if progress is None else progress
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(dicom_rels), unit="file", desc="de-identifying", disable=not show, file=sys.stderr)
+    chunks = [dicom_rels[i : i + _CHUNK] for i in range(0, len(dicom_rels), _CHUNK)]
+    pending_vault: list[tuple[bytes, str, bytes, bytes]] = []
+
+    def absorb(result: tuple[list[FileRecord], dict[str, list[list[str]]], list[tuple[bytes, str, bytes, bytes]]]) -> None:
+        nonlocal vault_count
+        recs, sets, vrows = result
+        records.extend(recs)
+        action_sets.update(sets)
+        if vault_obj is not None and vrows:
+            pending_vault.extend(vrows)
+            if len(pending_vault) >= 5000:
+                vault_count += vault_obj.add_rows(pending_vault)
+                pending_vault.clear()
+        bar.update(len(recs))
+
+    try:
+        args = (profile, secret, base, dst_path, qpath, sp)
+        if jobs == 1 or len(chunks) <= 1:
+            worker = _Worker(*args)
+            for chunk in chunks:
+                absorb(worker.run(chunk))
+        else:
+            ctx = multiprocessing.get_context("fork")
+            with ctx.Pool(processes=jobs, initializer=_init_worker, initargs=args) as pool:
+                for result in pool.imap_unordered(_run_chunk, chunks):
+                    absorb(result)
+        if vault_obj is not None and pending_vault:
+            vault_count += vault_obj.add_rows(pending_vault)
+        bar.close()
+        records.sort(key=lambda r: r.source)
+        _resolve_duplicates(records, profile, secret, base, dst_path, sp)
+        clinical = []
+        if sheet_rels:
+            from incisive_lab.deid.clinical import deidentify_workbook
+
+            for rel in sheet_rels:
+                clinical.append(deidentify_workbook(base / rel, dst_path / rel, profile=profile, secret=secret, vault=vault_obj, source_name=rel))
+    finally:
+        bar.close()
+        if vault_obj is not None:
+            vault_obj.close()
+    used = {r.actions for r in records if r.actions}
+    run = RunReport(
+        mode=profile.mode.value,
+        options=sorted(o.value for o in profile.options),
+        method_codes=[{"code": c, "scheme": "DCM", "meaning": m} for c, m in profile.method_codes()],
+        files=records,
+        action_sets={k: action_sets[k] for k in sorted(used)},
+        clinical=clinical,
+        vault_rows=vault_count,
+        seconds=time.perf_counter() - started,
+        jobs=jobs,
+    )
+    if report is not None:
+        run.write(report)
+    return run
+
+
+def _resolve_duplicates(records: list[FileRecord], profile: Profile, secret: Secret, base: Path, dst: Path,
+                        safe_private: Path | None) -> None:
+    """Several sources that map to one output (same SOP Instance UID): keep the first, deterministically."""
+    by_output: dict[str, list[FileRecord]] = {}
+    for r in records:
+        if r.status == "ok" and r.output:
+            by_output.setdefault(r.output, []).append(r)
+    engine: Engine | None = None
+    for output, group in by_output.items():
+        if len(group) < 2:
+            continue
+        winner, *others = group  # records are sorted by source path
+        for other in others:
+            same = other.digest == winner.digest
+            other.status = "skipped" if same else "failed"
+            other.reason = (
+                f"duplicate of {winner.source} (same SOP Instance UID{', same content' if same else ', different content'})"
+            )
+            other.output = None
+        if any(o.digest != winner.digest for o in others):
+            # another worker may have renamed its version last: rewrite the winner's
+            engine = engine or Engine(profile, secret, safe_private=safe_private)
+            result = engine.process((base / winner.source).read_bytes())
+            assert result.output is not None
+            _atomic_write(dst / output, result.output, set())
