@@ -175,8 +175,9 @@ def test_node_key_is_private_and_published(tmp_path: os.PathLike[str]) -> None:
         with open(os.path.join(node, "ledger", "node.pub")) as fh:
             pub = fh.read().strip()
         assert VerifierKey.parse(pub) == ledger.verifier and pub == ledger.public_key
-        assert not open(key).read().startswith("-----BEGIN")
-    with pytest.raises(LedgerError, match="origin is 'a.example/l'"):
+        with open(key) as fh:
+            assert fh.read().startswith("PRIVATE+KEY+a.example/l+")  # never PEM
+    with pytest.raises(LedgerError, match=r"origin is 'a\.example/l'"):
         Ledger.open(node, origin="b.example/l")
     os.chmod(key, 0o644)
     with pytest.raises(LedgerError, match="chmod 600"):

@@ -55,7 +55,7 @@ def test_a_rolled_back_log_is_refused_with_evidence(site: Site, tmp_path: Path) 
         ledger.append_many([make_event(i) for i in range(10)])
         small = ledger.checkpoint()
         ledger.append_many([make_event(i) for i in range(10, 14)])
-        big, errors = ledger.collect_cosignatures([w])
+        _, errors = ledger.collect_cosignatures([w])
         assert not errors
         # the operator now shows the witness the older, smaller tree
         with pytest.raises(WitnessRefusal) as info:
