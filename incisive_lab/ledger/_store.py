@@ -55,6 +55,13 @@ _CHUNK = 500  # parameters per IN (...) list
 GROUP_COMMIT_DELAY = 0.0005
 
 
+def _bytes(value: object, what: str) -> bytes:
+    """A stored hash or entry as bytes; anything else means the store was tampered with."""
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value)
+    raise StoreError(f"stored {what} is a {type(value).__name__}, not bytes (run verify)")
+
+
 class _Ticket:
     """One caller's rows waiting for a group commit; ``wake`` is released to wake it."""
 
@@ -271,7 +278,7 @@ class Store:
             marks = ",".join("?" * len(part))
             for idx, leaf in self._fetchall(
                     f"SELECT idx, leaf FROM ledger_entries WHERE idx IN ({marks})", part):
-                out[int(idx)] = bytes(leaf)
+                out[int(idx)] = _bytes(leaf, f"leaf hash of entry {idx}")
         return out
 
     def nodes(self, keys: Sequence[int]) -> dict[int, bytes]:
@@ -283,7 +290,7 @@ class Store:
             marks = ",".join("?" * len(part))
             for key, h in self._fetchall(
                     f"SELECT key, hash FROM ledger_nodes WHERE key IN ({marks})", part):
-                out[int(key)] = bytes(h)
+                out[int(key)] = _bytes(h, f"tree node {key}")
         return out
 
     def perfect_hashes(self, addresses: Sequence[tuple[int, int]]) -> dict[tuple[int, int], bytes]:
@@ -312,9 +319,10 @@ class Store:
 
     def entries(self, start: int, end: int) -> list[tuple[int, bytes, bytes]]:
         """``(idx, leaf, data)`` for ``start <= idx < end``, in order."""
-        return [(int(i), bytes(leaf), bytes(data)) for i, leaf, data in self._fetchall(
-            "SELECT idx, leaf, data FROM ledger_entries WHERE idx >= ? AND idx < ? ORDER BY idx",
-            (start, end))]
+        return [(int(i), _bytes(leaf, f"leaf hash of entry {i}"), _bytes(data, f"entry {i}"))
+                for i, leaf, data in self._fetchall(
+                    "SELECT idx, leaf, data FROM ledger_entries WHERE idx >= ? AND idx < ? "
+                    "ORDER BY idx", (start, end))]
 
     def query(self, *, resource: str | None, actor: str | None, kind: str | None,
               since: str | None, until: str | None, below: int, after: int,
@@ -342,8 +350,8 @@ class Store:
         if limit is not None:
             sql += " LIMIT ?"
             params.append(limit)
-        return [(int(i), bytes(leaf), bytes(data)) for i, leaf, data in
-                self._fetchall(sql, params)]
+        return [(int(i), _bytes(leaf, f"leaf hash of entry {i}"), _bytes(data, f"entry {i}"))
+                for i, leaf, data in self._fetchall(sql, params)]
 
     def checkpoint_notes(self, size: int | None = None) -> list[tuple[int, str]]:
         """Stored checkpoint notes ``(size, note)``, ascending (one size if given)."""
@@ -478,7 +486,7 @@ class Store:
             if row is None:
                 raise StoreError(f"the stored tree lacks node level {lvl} index {i}: cannot "
                                  "append (run verify)")
-            out.append(bytes(row[0]))
+            out.append(_bytes(row[0], f"tree node level {lvl} index {i}"))
         return out
 
     def _commit(self, batch: list[_Ticket]) -> None:

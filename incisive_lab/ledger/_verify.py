@@ -23,6 +23,7 @@ import hashlib
 import itertools
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from ._checkpoint import Checkpoint
 from ._errors import NoteError
@@ -118,6 +119,19 @@ class _Problems:
             self.items.append(Problem(index, where, message))
 
 
+def _coerce(idx: int, data: object, leaf: object, add: Any) -> tuple[bytes, bytes]:
+    """Values of the wrong SQL type (SQLite stores whatever it is given): name and adapt."""
+    out = []
+    for name, value in (("data", data), ("leaf hash", leaf)):
+        if isinstance(value, bytes | bytearray | memoryview):
+            out.append(bytes(value))
+        else:
+            add(idx, "entry", f"stored {name} is a {type(value).__name__}, not bytes", tree=True)
+            out.append(value.encode("utf-8", "surrogateescape") if isinstance(value, str)
+                       else repr(value).encode())
+    return out[0], out[1]
+
+
 def verify_store(store: Store, *, origin: str, log_key: VerifierKey | None,
                  trusted: Iterable[Checkpoint] = (), max_problems: int = 100,
                  batch: int = 20000) -> VerifyResult:
@@ -192,6 +206,8 @@ def verify_store(store: Store, *, origin: str, log_key: VerifierKey | None,
         broken = False
         for rows in snap.stream_entries(batch):
             for idx, leaf, data in rows:
+                if type(data) is not bytes or type(leaf) is not bytes:
+                    data, leaf = _coerce(idx, data, leaf, add)
                 if idx != expected:
                     add(expected, "entry", f"entr{'y' if idx - expected == 1 else 'ies'} "
                         f"{expected}{'' if idx - expected == 1 else f'..{idx - 1}'} missing",
@@ -218,7 +234,7 @@ def verify_store(store: Store, *, origin: str, log_key: VerifierKey | None,
                         break
                     nodes_checked += 1
                     next_key += 1
-                    if row[1] != h and not explained(start, idx):
+                    if row[1] != h and not explained(start, idx):  # (a str never equals)
                         add(start, "node", f"stored tree node for entries {start}..{idx} does "
                                            "not match the entries", tree=True)
                 if broken:
