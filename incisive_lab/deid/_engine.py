@@ -34,6 +34,7 @@ from incisive_lab.deid._standard import (
     dictionary_entry,
     iod_attribute_types,
     iod_for_sop_class,
+    iod_requires_pixels,
     load_safe_private,
 )
 from incisive_lab.deid._text import clean_text, identifier_words
@@ -502,8 +503,16 @@ class Engine:
         meta: list[El] = []
         pos = 132
         while pos + 8 <= len(data) and data[pos : pos + 2] == b"\x02\x00":
-            els, pos = meta_parser.dataset(pos, self._meta_element_end(mv, pos), True)
+            end = self._meta_element_end(mv, pos)
+            if end > len(data):
+                raise DeidError(f"truncated file: the file meta information is cut short at byte {len(data)}")
+            els, pos = meta_parser.dataset(pos, end, True)
             meta.extend(els)
+        group_length = next((el for el in meta if el[0] == 0x00020000), None)
+        if group_length is not None and group_length[4] - group_length[3] == 4:
+            declared_end = group_length[5] + _LONG.unpack_from(mv, group_length[3])[0]
+            if declared_end > len(data):
+                raise DeidError(f"truncated file: the file meta information is cut short at byte {len(data)}")
         meta_values = {el[0]: bytes(mv[el[3] : el[4]]).rstrip(b" \x00").decode("ascii", "replace") for el in meta}
         if meta_values.get(0x00020002) == MEDIA_STORAGE_DIRECTORY:
             raise Skip("DICOMDIR (Media Storage Directory): an index of file paths, not an instance; the output has its own layout")
@@ -544,9 +553,11 @@ class Engine:
                 why = "Burned In Annotation is YES" if burned == "YES" else f"Burned In Annotation is absent on SOP Class {sop_class}"
                 raise Quarantine(f"{why}: pixels may show identifying text (use the clean-pixel-data option)")
             pixel_clean = True
+        iod = iod_for_sop_class(sop_class)
+        if iod and iod_requires_pixels(iod) and not has_pixels:
+            raise DeidError(f"an image ({iod}) without Pixel Data (7FE0,0010): incomplete or corrupt instance")
         charset_raw = text(T_CHARSET).split("\\")
         codec = _PYTHON_CODECS.get(charset_raw[-1].strip() if charset_raw else "", "latin_1")
-        iod = iod_for_sop_class(sop_class)
         types = iod_attribute_types(iod) if iod else None
         patient_id = _decode_text(body[top[T_PATIENT_ID][3] : top[T_PATIENT_ID][4]], codec) if T_PATIENT_ID in top else ""
         warnings: list[str] = []

@@ -184,6 +184,12 @@ def iod_for_sop_class(sop_class_uid: str) -> str | None:
 
 
 @cache
+def iod_requires_pixels(iod: str) -> bool:
+    """Whether the Image Pixel module is mandatory in the IOD (an image without pixels is broken)."""
+    return "image-pixel" in _iod_document()["iod_mandatory_modules"].get(iod, ())
+
+
+@cache
 def iod_attribute_types(iod: str) -> Mapping[tuple[int, ...], str]:
     """For one IOD: path of tags (sequence tags, then the attribute) -> Type.
 

@@ -4,7 +4,8 @@ A cleaned text keeps only words that are known not to identify anyone: words of 
 imaging vocabulary (``standard/descriptor_vocabulary.txt``) and short technical tokens
 (``5mm``, ``T2``, ``B800``, ``1.25``). A word that also occurs in the instance's own
 identifying attributes (names, IDs, places) is never kept, even if it is in the
-vocabulary. Everything else — names, places, long numbers, dates, phone numbers — goes.
+vocabulary. Everything else — names, places, long numbers, dates, phone numbers (runs of bare
+numbers) and years — goes.
 This is an allow-list, so a name that appears nowhere else in the instance is removed
 too.
 """
@@ -18,7 +19,7 @@ from incisive_lab.deid._standard import descriptor_vocabulary
 
 __all__ = ["clean_text", "identifier_words"]
 
-_SPLIT = re.compile(r"[\s_,;:/\\|()\[\]{}<>\"'`^=+*#!?]+")
+_SPLIT = re.compile(r"[\s_,;:\\|()\[\]{}<>\"'`^=*#!?]+")
 # short numbers with an optional unit: 5, 1.25, 5mm, 120kv, 3d
 _NUMBER = re.compile(r"^\d{1,4}(?:\.\d{1,3})?(?:mm|cm|ml|kv|kvp|mas|ms|s|t|d|hz|%|x)?$")
 # short sequence-like labels: t2, t1w, b800, dwi1000 (at most 4 digits, at most 4 letters)
@@ -71,9 +72,20 @@ def clean_text(text: str, forbidden: set[str] | None = None) -> str:
     Examples
     --------
     >>> clean_text("CT CHEST W/O CONTRAST for Novak Petra 1.25mm", {"novak", "petra"})
-    'CT CHEST W O CONTRAST for 1.25mm'
+    'CT CHEST W/O CONTRAST for 1.25mm'
     """
     vocabulary = descriptor_vocabulary()
     bad = forbidden or set()
-    kept = [tok for tok in _SPLIT.split(text) if tok and _keep(tok, bad, vocabulary)]
+    tokens = [tok for tok in _SPLIT.split(text) if tok]
+    digits = [tok.strip(".-").isdigit() for tok in tokens]
+    kept = []
+    for i, tok in enumerate(tokens):
+        if digits[i]:
+            # runs of bare numbers are phone numbers, IDs or dates split up; 4-digit years go too
+            if (i > 0 and digits[i - 1]) or (i + 1 < len(tokens) and digits[i + 1]):
+                continue
+            if len(tok) == 4 and 1900 <= int(tok) <= 2099:
+                continue
+        if _keep(tok, bad, vocabulary):
+            kept.append(tok)
     return " ".join(kept)
