@@ -33,7 +33,7 @@ import hashlib
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -127,8 +127,44 @@ class Store:
         raise NotImplementedError
 
     def _derived_mismatch_sql(self) -> str:
-        """SQL returning ``idx`` of entries whose query columns do not match their data."""
+        """SQL (params: below, limit) returning ``idx`` of entries whose query columns
+        (kind, actor, resource, time) do not match their data, ascending."""
         raise NotImplementedError
+
+    #: Whether verification may run the query-column check on a second connection in a
+    #: thread, overlapping the streaming pass (SQLite releases the GIL while it works).
+    parallel_derived_check: ClassVar[bool] = False
+
+    def _derived_mismatches(self, conn: Any, below: int, limit: int) -> list[int]:
+        cur = conn.cursor()
+        try:
+            cur.execute(self._sql(self._derived_mismatch_sql()), (below, limit))
+            return [int(r[0]) for r in cur.fetchall()]
+        finally:
+            cur.close()
+
+    def _derived_mismatches_slow(self, conn: Any, below: int, limit: int) -> list[int]:
+        """Row-by-row check in Python, for stores whose SQL check cannot parse an entry."""
+        import json
+
+        out: list[int] = []
+        cur = conn.cursor()
+        try:
+            cur.execute(self._sql("SELECT idx, data, kind, actor, resource, time "
+                                  "FROM ledger_entries WHERE idx < ? ORDER BY idx"), (below,))
+            for idx, data, *columns in cur:
+                try:
+                    obj = json.loads(bytes(data) if not isinstance(data, str) else data)
+                    ok = [obj.get(k) for k in ("kind", "actor", "resource", "time")] == columns
+                except (ValueError, TypeError, AttributeError):
+                    ok = False
+                if not ok:
+                    out.append(int(idx))
+                    if len(out) >= limit:
+                        break
+            return out
+        finally:
+            cur.close()
 
     def _server_cursor(self, conn: Any, name: str) -> Any:
         return conn.cursor()
@@ -599,9 +635,40 @@ class Snapshot:
         return [(int(s), str(line)) for s, line in
                 self._all("SELECT size, line FROM ledger_cosignatures ORDER BY size")]
 
-    def derived_mismatches(self, limit: int) -> list[int]:
-        """Indices of entries whose query columns differ from their data (at most ``limit``)."""
-        return [int(r[0]) for r in self._all(self._store._derived_mismatch_sql(), (limit,))]
+    def derived_mismatches(self, below: int, limit: int) -> Callable[[], list[int]]:
+        """Start checking the query columns of entries ``idx < below``; call the result to
+        get the indices (ascending, at most ``limit``) whose columns differ from their data.
+
+        On back-ends that allow it the check runs on a second connection in a thread while
+        the caller streams (rows below the head never change, so both views agree).
+        """
+        store = self._store
+        if not store.parallel_derived_check:
+            return lambda: store._derived_mismatches(self._conn, below, limit)
+        box: dict[str, Any] = {}
+
+        def work() -> None:
+            try:
+                conn = store._connect(write=False)
+                try:
+                    store._begin_snapshot(conn)
+                    box["result"] = store._derived_mismatches(conn, below, limit)
+                finally:
+                    conn.close()
+            except BaseException as exc:  # handed to the caller
+                box["error"] = exc
+
+        thread = threading.Thread(target=work, name="ledger-verify-columns", daemon=True)
+        thread.start()
+
+        def result() -> list[int]:
+            thread.join()
+            if "error" in box:
+                raise box["error"]
+            out: list[int] = box["result"]
+            return out
+
+        return result
 
     def _stream(self, sql: str, name: str, batch: int) -> Iterator[list[Any]]:
         cur = self._store._server_cursor(self._conn, name)
@@ -706,13 +773,23 @@ class SqliteStore(Store):
         conn.execute("BEGIN")
         conn.execute("SELECT COUNT(*) FROM ledger_meta").fetchone()  # takes the snapshot
 
+    parallel_derived_check: ClassVar[bool] = True
+
     def _derived_mismatch_sql(self) -> str:
         t = "CAST(data AS TEXT)"
         return (
-            "SELECT idx FROM ledger_entries WHERE NOT (CASE WHEN json_valid(" + t + ") THEN "
+            f"SELECT idx FROM ledger_entries WHERE idx < ? AND NOT ("
             f"json_extract({t}, '$.kind') IS kind AND json_extract({t}, '$.actor') IS actor AND "
-            f"json_extract({t}, '$.resource') IS resource AND json_extract({t}, '$.time') IS time "
-            "ELSE 0 END) ORDER BY idx LIMIT ?")
+            f"json_extract({t}, '$.resource') IS resource AND json_extract({t}, '$.time') IS time"
+            ") ORDER BY idx LIMIT ?")
+
+    def _derived_mismatches(self, conn: Any, below: int, limit: int) -> list[int]:
+        try:
+            return super()._derived_mismatches(conn, below, limit)
+        except sqlite3.OperationalError as exc:  # an entry that is not JSON: go row by row
+            if "JSON" not in str(exc):
+                raise
+            return self._derived_mismatches_slow(conn, below, limit)
 
     def _is_missing_table(self, exc: Exception) -> bool:
         return isinstance(exc, sqlite3.OperationalError) and "no such table" in str(exc)
@@ -802,10 +879,10 @@ class PostgresStore(Store):
         return (
             "SELECT idx FROM (SELECT idx, kind, actor, resource, time, "
             "ledger_entry_json(data) AS j FROM ledger_entries) e "
-            "WHERE j IS NULL OR (j->>'kind') IS DISTINCT FROM kind "
+            "WHERE idx < %s AND (j IS NULL OR (j->>'kind') IS DISTINCT FROM kind "
             "OR (j->>'actor') IS DISTINCT FROM actor "
             "OR (j->>'resource') IS DISTINCT FROM resource "
-            "OR (j->>'time') IS DISTINCT FROM time ORDER BY idx LIMIT %s")
+            "OR (j->>'time') IS DISTINCT FROM time) ORDER BY idx LIMIT %s")
 
     def _is_missing_table(self, exc: Exception) -> bool:
         import psycopg

@@ -175,17 +175,17 @@ def verify_store(store: Store, *, origin: str, log_key: VerifierKey | None,
             n_checkpoints += 1
             targets.setdefault(cp.size, []).append((cp.root, f"trusted checkpoint at size "
                                                                f"{cp.size}"))
-        known = snap.derived_mismatches(max_problems)  # ascending
-        for idx in known:
-            add(idx, "index", "query columns (kind/actor/resource/time) do not match the "
-                              "entry's data")
+        columns_check = snap.derived_mismatches(count if head is None else head, max_problems)
+        later: list[tuple[int, int, str, str]] = []  # (start, end, where, message)
 
         def explained(start: int, end: int) -> bool:
             """Is a problem already named in entries start..end (a cascade, not news)?"""
-            if probs.last_entry >= start:
-                return True
-            k = bisect.bisect_left(known, start)
-            return k < len(known) and known[k] <= end
+            return probs.last_entry >= start
+
+        def tree_problem(start: int, end: int, where: str, message: str) -> None:
+            """Record a node/checkpoint problem once the query-column check is known."""
+            probs.last_entry = max(probs.last_entry, start)
+            later.append((start, end, where, message))
 
         sizes = sorted(targets)
         target_iter = iter(sizes)
@@ -199,7 +199,6 @@ def verify_store(store: Store, *, origin: str, log_key: VerifierKey | None,
 
         nodes = itertools.chain.from_iterable(snap.stream_nodes())
         stack: list[bytes] = []
-        starts: list[int] = []  # first leaf index under each stack element
         expected = 0
         next_key = 0
         nodes_checked = 0
@@ -213,34 +212,31 @@ def verify_store(store: Store, *, origin: str, log_key: VerifierKey | None,
                         f"{expected}{'' if idx - expected == 1 else f'..{idx - 1}'} missing",
                         tree=True)
                     broken = True
-                    expected = idx
                 h = sha(b"\x00" + data).digest()
                 if h != leaf:
                     add(idx, "entry", "content does not match its stored leaf hash", tree=True)
-                expected = idx + 1
+                n = expected = idx + 1
                 if broken:
                     continue
-                start = idx
-                n = expected
-                for _ in range((n & -n).bit_length() - 1):
-                    left = stack.pop()
-                    start = starts.pop()
-                    h = sha(b"\x01" + left + h).digest()
+                merges = (n & -n).bit_length() - 1
+                for level in range(1, merges + 1):
+                    h = sha(b"\x01" + stack.pop() + h).digest()
                     row = next(nodes, None)
-                    if row is None or int(row[0]) != next_key:
-                        add(start, "node", f"stored tree node for entries {start}..{idx} is "
-                            "missing", tree=True)
+                    if row is None or row[0] != next_key:
+                        add(n - (1 << level), "node", f"stored tree node for entries "
+                            f"{n - (1 << level)}..{idx} is missing", tree=True)
                         broken = True
                         break
                     nodes_checked += 1
                     next_key += 1
-                    if row[1] != h and not explained(start, idx):  # (a str never equals)
-                        add(start, "node", f"stored tree node for entries {start}..{idx} does "
-                                           "not match the entries", tree=True)
+                    if row[1] != h:  # (a str never equals)
+                        start = n - (1 << level)
+                        if not explained(start, idx):
+                            tree_problem(start, idx, "node", f"stored tree node for entries "
+                                         f"{start}..{idx} does not match the entries")
                 if broken:
                     continue
                 stack.append(h)
-                starts.append(start)
                 if n == next_target:
                     root = fold_range(stack)
                     if all(want == root for want, _ in targets[n]):
@@ -248,10 +244,19 @@ def verify_store(store: Store, *, origin: str, log_key: VerifierKey | None,
                     elif not explained(last_good, n - 1):
                         for want, label in targets[n]:
                             if want != root:
-                                add(last_good, "checkpoint", f"{label}: the entries differ "
-                                    f"from what was signed (the change lies in entries "
-                                    f"{last_good}..{n - 1})")
+                                tree_problem(last_good, n - 1, "checkpoint", f"{label}: the "
+                                             "entries differ from what was signed (the change "
+                                             f"lies in entries {last_good}..{n - 1})")
                     next_target = next(target_iter, None)
+
+        known = columns_check()  # ascending
+        for idx in known:
+            add(idx, "index", "query columns (kind/actor/resource/time) do not match the "
+                              "entry's data")
+        for start, end, where, message in later:  # drop cascades of a bad query column
+            k = bisect.bisect_left(known, start)
+            if not (k < len(known) and known[k] <= end):
+                add(start, where, message)
 
         stored = expected
         root_now = fold_range(stack) if stack and not broken else (

@@ -179,7 +179,7 @@ def test_a_consistent_rewrite_is_caught_by_the_signed_checkpoints(site: Site,
             site.sql("UPDATE ledger_nodes SET hash = ? WHERE key = ?",
                      (root_hash(leaves[start:end]), key))
     result = _bad(ledger)
-    assert [p.where for p in result.problems] == ["checkpoint", "checkpoint"]
+    assert [p.where for p in result.problems] == ["checkpoint"]  # 21 follows from 16
     assert result.first_bad_index == 8  # the last checkpoint that still matches
     assert "entries 8..15" in result.problems[0].message
     # with the stored checkpoints deleted too, a witness's copy still catches it
