@@ -227,3 +227,66 @@ def test_cosignatures_are_stored_with_their_checkpoint(site: Site) -> None:
         with pytest.raises(LedgerError, match="no stored checkpoint"):
             ledger.add_cosignature(Checkpoint("a.example/l", 7, bytes(32)), cos)
         assert ledger.verify().ok
+
+
+def test_checkpoints_and_queries_while_others_append(site: Site, tmp_path: os.PathLike[str]
+                                                     ) -> None:
+    from incisive_lab.ledger import Witness
+
+    witness = Witness.open(os.path.join(tmp_path, "w"), name="b.example/witness")
+    with site.open(origin="a.example/l") as ledger:
+        witness.trust(ledger.public_key)
+        stop = threading.Event()
+        errors: list[BaseException] = []
+
+        def append() -> None:
+            i = 0
+            while not stop.is_set():
+                ledger.append(make_event(i))
+                i += 1
+
+        def observe() -> None:
+            try:
+                last = 0
+                for _ in range(15):
+                    cp, refusals = ledger.collect_cosignatures([witness])
+                    assert not refusals and cp.size >= last
+                    last = cp.size
+                    cp.verify_witnessed(ledger.verifier, [witness.verifier], 1)
+                    result = ledger.query(resource="dataset:ds2", checkpoint=cp)
+                    result.verify(ledger.verifier)
+            except BaseException as exc:
+                errors.append(exc)
+
+        appenders = [threading.Thread(target=append) for _ in range(3)]
+        for t in appenders:
+            t.start()
+        observer = threading.Thread(target=observe)
+        observer.start()
+        observer.join()
+        stop.set()
+        for t in appenders:
+            t.join()
+        assert errors == []
+        assert ledger.verify().ok
+
+
+def test_a_ledger_opened_before_fork_works_in_the_child(tmp_path: os.PathLike[str]) -> None:
+    import multiprocessing
+
+    from incisive_lab.ledger import Ledger
+
+    node = os.path.join(tmp_path, "node")
+    ledger = Ledger.open(node, origin="a.example/l")
+    ledger.append(make_event(0))
+
+    def child() -> None:
+        ref = ledger.append(make_event(1))  # new connections in the child
+        os._exit(0 if ref.index == 1 and ledger.verify().ok else 1)
+
+    proc = multiprocessing.get_context("fork").Process(target=child)
+    proc.start()
+    proc.join()
+    assert proc.exitcode == 0
+    assert ledger.size == 2 and ledger.verify().ok
+    ledger.close()
