@@ -96,7 +96,7 @@ class Store:
         self._leader = False
         self._leader_waiting = False
         self._last_batch = 1
-        self._local = threading.local()
+        self._idle: list[Any] = []              # pooled read connections
         self._conns: list[Any] = []
         self._writer: Any = None
         self._pid = os.getpid()
@@ -176,7 +176,7 @@ class Store:
     def _check_pid(self) -> None:
         if os.getpid() != self._pid:  # forked: connections belong to the parent
             self._pid = os.getpid()
-            self._local = threading.local()
+            self._idle = []
             self._conns = []
             self._writer = None
             self._queue = []
@@ -185,17 +185,30 @@ class Store:
             self._cv = threading.Condition(threading.Lock())
             self._frontier = None
 
-    def _reader(self) -> Any:
+    @contextlib.contextmanager
+    def _reader(self) -> Iterator[Any]:
+        """Borrow a read connection from the pool (one per concurrent reader, reused)."""
         if self._closed:
             raise StoreError("the ledger is closed")
         self._check_pid()
-        conn = getattr(self._local, "conn", None)
+        with self._lock:
+            conn = self._idle.pop() if self._idle else None
         if conn is None:
             conn = self._connect(write=False)
-            self._local.conn = conn
             with self._lock:
                 self._conns.append(conn)
-        return conn
+        try:
+            yield conn
+        except BaseException:  # a failed connection is not reused (PostgreSQL may have broken it)
+            with self._lock:
+                if conn in self._conns:
+                    self._conns.remove(conn)
+            with contextlib.suppress(Exception):
+                conn.close()
+            raise
+        with self._lock:
+            if not self._closed and os.getpid() == self._pid:
+                self._idle.append(conn)
 
     def _writer_conn(self) -> Any:
         if self.read_only:
@@ -210,19 +223,19 @@ class Store:
         return self._writer
 
     def _fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
-        conn = self._reader()
-        cur = conn.cursor()
-        try:
-            cur.execute(self._sql(sql), tuple(params))
-            return list(cur.fetchall())
-        finally:
-            cur.close()
+        with self._reader() as conn:
+            cur = conn.cursor()
+            try:
+                cur.execute(self._sql(sql), tuple(params))
+                return list(cur.fetchall())
+            finally:
+                cur.close()
 
     def close(self) -> None:
         """Close every connection this store opened (in this process)."""
         self._closed = True
         with self._lock:
-            conns, self._conns = self._conns, []
+            conns, self._conns, self._idle = self._conns, [], []
         if os.getpid() != self._pid:
             return
         for conn in conns:
@@ -282,16 +295,12 @@ class Store:
             rows = self._fetchall("SELECT key, value FROM ledger_meta")
         except Exception as exc:
             if self._is_missing_table(exc):
-                self._reset_reader()
                 return None
             raise
         return dict(rows) or None
 
     def _is_missing_table(self, exc: Exception) -> bool:
         return "ledger_meta" in str(exc)
-
-    def _reset_reader(self) -> None:
-        pass
 
     # ----------------------------------------------------------------- reads
     def size(self) -> int:
