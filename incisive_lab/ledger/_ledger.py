@@ -531,11 +531,10 @@ class Ledger:
             checkpoint = self.checkpoint() if not self.read_only else self.latest_checkpoint()
             if checkpoint is None:
                 raise LedgerError("no checkpoint to prove against (the ledger is read-only)")
-        rows = self._store.query(
-            resource=resource, actor=actor, kind=kind,
-            since=None if since is None else format_time(since),
-            until=None if until is None else format_time(until),
-            below=checkpoint.size, after=after, limit=limit)
+        lo = None if since is None else format_time(since)
+        hi = None if until is None else format_time(until)
+        rows = self._store.query(resource=resource, actor=actor, kind=kind, since=lo, until=hi,
+                                 below=checkpoint.size, after=after, limit=limit)
         proofs = self._proofs([r[0] for r in rows], checkpoint.size) if rows else []
         out = []
         for (idx, leaf, data), proof in zip(rows, proofs, strict=True):
@@ -544,7 +543,9 @@ class Ledger:
             if ((resource is not None and ev.resource != resource
                  and not str(ev.resource).startswith(resource + "/"))
                     or (actor is not None and ev.actor != actor)
-                    or (kind is not None and ev.kind != kind)):
+                    or (kind is not None and ev.kind != kind)
+                    or (lo is not None and str(ev.time) < lo)
+                    or (hi is not None and str(ev.time) >= hi)):
                 raise StoreError(f"entry {idx} does not match its query columns (run verify)")
             out.append(entry)
         return QueryResult(checkpoint, out)

@@ -10,7 +10,14 @@ from collections.abc import Iterator
 
 import pytest
 
-from incisive_lab.ledger import Ledger, VerifyResult, leaf_hash, node_hash, root_hash
+from incisive_lab.ledger import (
+    Ledger,
+    StoreError,
+    VerifyResult,
+    leaf_hash,
+    node_hash,
+    root_hash,
+)
 from incisive_lab.ledger._merkle import internal_node_count, node_key
 
 from .helpers import Site, make_event
@@ -198,6 +205,10 @@ def test_changed_query_columns_are_named(site: Site, ledger: Ledger) -> None:
         assert result.first_bad_index == 7 and result.problems[0].where == "index"
         site.sql(f"UPDATE ledger_entries SET {column} = ? WHERE idx = 7", (old,))
     assert ledger.verify().ok
+    # an entry slipped into the answer of a query by its columns is refused there too
+    site.sql("UPDATE ledger_entries SET resource = ? WHERE idx = 7", ("dataset:ds9/x",))
+    with pytest.raises(StoreError, match="entry 7 does not match"):
+        ledger.query(resource="dataset:ds9")
 
 
 def test_tampered_checkpoints_and_keys_are_reported(site: Site, ledger: Ledger) -> None:
