@@ -555,7 +555,7 @@ def mg_view(rng: np.random.Generator, rows: int, cols: int, ps: float, view: str
     central = np.exp(-(((yy - centre) / (0.65 * half)) ** 2)) * np.clip(1.15 - dist / depth, 0, 1)
     x = 0.55 * coarse + 0.35 * fine + (breast["density"] - 0.5) * 2.0 + 1.0 * central - 0.9
     fgt = 1.0 / (1.0 + np.exp(-2.8 * x))
-    tissue = (1250.0 + 850.0 * fgt) * thick
+    tissue = (1250.0 + 750.0 * fgt) * thick
     if view == "MLO":
         pect_h = rows * breast["pect"]
         tissue = tissue + 650.0 * np.clip((1.0 - dist / (0.26 * depth) - yy / pect_h) * 30.0, 0, 1)
@@ -576,7 +576,7 @@ def mg_view(rng: np.random.Generator, rows: int, cols: int, ps: float, view: str
         ly = rc + slope * (depth - ld) + down * g["offset"] * half
         lx = (cols - 1 - ld) if flip else ld
         r_px = g["radius_mm"] * lesion_scale / ps
-        truth = paint([img], [850.0], ly, lx, r_px, r_px * 1.05, edge=1.5, add=True,
+        truth = paint([img], [1000.0], ly, lx, r_px, r_px * 1.05, edge=1.5, add=True,
                       want_truth=True)
         if g["spiculated"]:
             for i in range(11):

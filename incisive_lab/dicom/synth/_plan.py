@@ -124,11 +124,17 @@ class PatientPlan:
 
     def phi_tokens(self) -> list[str]:
         """Every identifying string planted for this patient."""
-        out = self.person.tokens() + self.mother.tokens() + self.relative.tokens()
-        out += [self.patient_id, self.legacy_id, self.national_id, self.address,
-                ascii_fold(self.address), self.phone, self.email, self.relative_phone]
+        out = self.person.tokens() + self.relative.tokens()
+        if self.flags["mother"]:
+            out += self.mother.tokens()
+        out += [self.patient_id, self.national_id, self.address, ascii_fold(self.address),
+                self.phone, self.email, self.relative_phone]
+        if self.flags["other_ids"]:
+            out.append(self.legacy_id)
         for st in self.studies:
-            out += [st.accession, st.study_id, st.requested_procedure_id, st.sps_id, st.pps_id]
+            out += [st.accession, st.study_id, st.pps_id]
+            if st.with_request_attributes:
+                out += [st.requested_procedure_id, st.sps_id]
             if st.pps_comment:
                 out.append(st.pps_comment)
             if "^" in st.description or self.person.family in st.description:
@@ -716,12 +722,16 @@ def _assign_transfer_syntaxes(seed: int, plan: SitePlan) -> None:
     target = COMPRESSED_FRACTION * total
     done = 0
     cycle = 0
+    single = next((s for s in order if s.n == 1 and s.transfer_syntax == EXPLICIT_LE), None)
+    if single is not None:
+        single.transfer_syntax = JPEG_2000
+        done += 1
     for s in order:
         if s.transfer_syntax != EXPLICIT_LE:
             continue
         if abs(done + s.n - target) < abs(done - target):
             if s.n == 1:
-                s.transfer_syntax = (JPEG_2000, JPEG_LS, RLE)[cycle % 3]
+                s.transfer_syntax = (JPEG_LS, RLE, JPEG_2000)[cycle % 3]
             else:
                 s.transfer_syntax = (JPEG_LS, RLE)[cycle % 2]
             cycle += 1

@@ -718,11 +718,13 @@ def _render_mg(ctx: _Ctx, series: SeriesPlan, root: Path, out: SiteOutput) -> di
         pixels = np.clip(np.rint(img), 0, 4095).astype("<u2")
         code = ("399162004", "cranio-caudal") if view == "CC" else ("399368009",
                                                                     "medio-lateral oblique")
+        view_item = _code(code[0], "SCT", code[1])
+        view_item.ViewModifierCodeSequence = DicomSequence([])
         dyn = _times(st.date, series.time, 45.0 * i, 10.0)
         dyn += [
             (0x00200062, "CS", lat),
             (0x00185101, "CS", view),
-            DataElement(0x00540220, "SQ", DicomSequence([_code(code[0], "SCT", code[1])])),
+            DataElement(0x00540220, "SQ", DicomSequence([view_item])),
             (0x00200020, "CS", _ORIENT[(lat, view)]),
             (0x00181510, "DS", "0" if view == "CC" else ("45" if lat == "R" else "-45")),
             (0x001811A0, "DS", _ds(float(rng.uniform(38, 62)))),
@@ -753,15 +755,14 @@ def _render_sc(ctx: _Ctx, series: SeriesPlan, source: dict[str, Any], root: Path
     canvas = np.zeros((size, size), np.float32)
     oy, ox = (size - nh) // 2, (size - nw) // 2
     canvas[oy:oy + nh, ox:ox + nw] = windowed
-    top_left = [p.person.burned, f"ID: {p.patient_id}", f"DOB: {p.birth_date:%Y-%m-%d}"]
-    top_right = [f"{st.date:%Y-%m-%d}", f"{st.time:%H:%M}"]
+    top_left = [p.person.burned, f"ID: {p.patient_id}", f"DOB: {p.birth_date:%Y-%m-%d}",
+                f"{st.date:%Y-%m-%d} {st.time:%H:%M}"]
     bottom_left = ["KEY IMAGE", f"W {width:.0f} L {center:.0f}"]
     bottom_right = [ascii_fold(site.city).upper(), site.devices["OT"].station]
     boxes = burn_text(canvas, top_left, "tl", 255.0, box_background=0.0)
-    boxes += burn_text(canvas, top_right, "tr", 255.0, box_background=0.0)
     boxes += burn_text(canvas, bottom_left, "bl", 255.0, box_background=0.0)
     boxes += burn_text(canvas, bottom_right, "br", 255.0, box_background=0.0)
-    lines = top_left + top_right + bottom_left + bottom_right
+    lines = top_left + bottom_left + bottom_right
     box = source["box"]
     lesion_box = None
     if box is not None:
