@@ -75,6 +75,24 @@ def test_deterministic_byte_identical(tmp_path: Path, small_set: Path) -> None:
     assert tree_digest(again) == tree_digest(small_set)
 
 
+def test_deterministic_across_processes(tmp_path: Path) -> None:
+    """No hash randomisation, clock or entropy leaks in: other processes, same bytes."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import sys; from incisive_lab.dicom.synth import generate; "
+            "generate(sys.argv[1], patients=5, seed=9, sites=('a', 'b', 'c', 'd', 'e'), "
+            "progress=False)")
+    digests = []
+    for hash_seed in ("1", "2"):
+        out = tmp_path / f"run{hash_seed}"
+        env = {**os.environ, "PYTHONHASHSEED": hash_seed}
+        subprocess.run([sys.executable, "-c", code, str(out)], check=True, env=env)
+        digests.append(tree_digest(out))
+    assert digests[0] == digests[1]
+
+
 def test_seed_changes_everything(tmp_path: Path) -> None:
     one, two = tmp_path / "one", tmp_path / "two"
     generate(one, patients=2, seed=1, sites=("x",), progress=False)

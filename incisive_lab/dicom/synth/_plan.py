@@ -601,6 +601,7 @@ def _plan_patient(seed: int, site: Site, j: int, used_ids: set[str], used_acc: s
         p.studies.append(study)
         previous = study
     p.clinical = _clinical(rng, p, dates, followup)
+    p.extra_tokens.append(p.clinical["clinical_notes"])
     return p
 
 

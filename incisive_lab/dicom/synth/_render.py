@@ -418,7 +418,9 @@ def _ct_static(ctx: _Ctx, rows: int, cols: int, localizer: bool) -> Dataset:
         ds.ContrastBolusAgent = "IOMEPROL 350"
         ds.ContrastBolusRoute = "IV"
         ds.ContrastBolusVolume = "90"
-    if chest:
+    if localizer:
+        ds.WindowCenter, ds.WindowWidth = "600", "2600"
+    elif chest:
         ds.WindowCenter, ds.WindowWidth = "-600", "1500"
     else:
         ds.WindowCenter, ds.WindowWidth = "40", "400"
@@ -462,9 +464,9 @@ def _render_ct(ctx: _Ctx, localizer: SeriesPlan, axial: SeriesPlan, root: Path,
     # localizer (coronal projection)
     lctx = _Ctx(seed, ctx.plan, p, st, localizer, ctx.vendor, "CT")
     static = _ct_static(lctx, 256, 256, localizer=True)
-    z_extent = (n - 1) * thickness + 40.0
+    z_extent = n * thickness  # the projection spans the scanned range
     static.ImageOrientationPatient = ["1", "0", "0", "0", "0", "-1"]
-    static.ImagePositionPatient = [_ds(x0), "0", _ds(z_top + 20.0)]
+    static.ImagePositionPatient = [_ds(x0), "0", _ds(z_top + thickness / 2)]
     static.PixelSpacing = [_ds(z_extent / 256), _ds(ps * size / 256)]
     static.SliceThickness = ""
     writer = _SeriesWriter(root, lctx, static, out)
