@@ -6,12 +6,14 @@ Three detectors, then a check:
    burn in text (e.g. the ultrasound header band), blanked unconditionally.
 2. **Glyph lines**: burned-in annotations are drawn at the brightest value the image
    can hold; clusters of such pixels with the size and alignment of characters on a
-   line are blanked. Fast (numpy/scipy), independent of OCR.
+   line are blanked, and so are glyph pieces that a blanked box cut off. Fast
+   (numpy/scipy), independent of OCR.
 3. **OCR** (Debian ``tesseract`` through pytesseract) on the windowed image and on its
-   brightest pixels: every word it reads (at least two letters or digits, sufficient
-   confidence) is blanked.
-4. **Check**: OCR again on what remains. If it still reads text, the image is
-   quarantined (:class:`~incisive_lab.deid._engine.Quarantine`), never passed through.
+   brightest pixels: every word it reads (two letters or digits or more, legible size,
+   sufficient confidence) is blanked. Steps 2 and 3 repeat until a round finds nothing
+   (at most three rounds).
+4. **Check**: if OCR still reads text after the rounds, the image is quarantined
+   (:class:`~incisive_lab.deid._engine.Quarantine`), never passed through.
 
 Blanked areas take the darkest value of the image (MONOCHROME1: the brightest). The
 cleaned image is written uncompressed (Explicit VR Little Endian) and its Burned In
@@ -37,6 +39,9 @@ Box = tuple[int, int, int, int]  # row0, col0, row1, col1 (exclusive)
 
 _MIN_CONFIDENCE = 45.0
 _VERIFY_CONFIDENCE = 60.0
+#: Words shorter than this (pixels) are not legible text: separator lines, edges, texture.
+_MIN_GLYPH_HEIGHT = 6
+_MAX_ROUNDS = 3
 
 
 @cache
@@ -76,39 +81,72 @@ def _bright_mask(frame: np.ndarray, max_value: float) -> np.ndarray:
     return frame >= max_value - max(1.0, 0.002 * abs(max_value))
 
 
-def glyph_lines(frame: np.ndarray, max_value: float) -> list[Box]:
-    """Boxes of text-like lines of saturated pixels (characters in a row)."""
+def _glyphs(frame: np.ndarray, max_value: float) -> tuple[np.ndarray, list[tuple[slice, slice]], int]:
+    """Labelled saturated components of character size, their slices, and the median glyph height."""
     from scipy import ndimage
 
     mask = _bright_mask(frame, max_value)
     if not mask.any() or mask.mean() > 0.2:
-        return []
-    labels, n = ndimage.label(mask, structure=np.ones((3, 3), bool))
-    if n == 0:
-        return []
-    objects = ndimage.find_objects(labels)
-    glyph = np.zeros_like(mask)
+        return np.zeros(frame.shape[:2], np.int32), [], 0
+    labels, _n = ndimage.label(mask, structure=np.ones((3, 3), bool))
+    keep: list[tuple[slice, slice]] = []
     heights = []
-    for i, sl in enumerate(objects, start=1):
+    for i, sl in enumerate(ndimage.find_objects(labels), start=1):
         h = sl[0].stop - sl[0].start
         w = sl[1].stop - sl[1].start
-        if 4 <= h <= 80 and 1 <= w <= 80:
-            glyph[sl] |= labels[sl] == i
-            heights.append(h)
-    if not heights:
+        if h <= 80 and w <= 80:
+            keep.append(sl)
+            if h >= 4:
+                heights.append(h)
+        else:
+            labels[sl][labels[sl] == i] = 0
+    return labels, keep, int(np.median(heights)) if heights else 0
+
+
+def glyph_lines(frame: np.ndarray, max_value: float) -> list[Box]:
+    """Boxes of text-like lines of saturated pixels (two or more characters in a row)."""
+    from scipy import ndimage
+
+    labels, _slices, char_h = _glyphs(frame, max_value)
+    if char_h < 4:
         return []
-    char_h = int(np.median(heights))
-    # join glyphs of one line: dilate horizontally by about a character width
-    joined = ndimage.binary_dilation(glyph, structure=np.ones((max(1, char_h // 3), max(3, char_h)), bool))
-    lab2, n2 = ndimage.label(joined)
+    glyph = labels > 0
+    # join the glyphs of a line: dilate by about a character in height and two in width
+    joined = ndimage.binary_dilation(glyph, structure=np.ones((max(1, char_h // 3), 2 * char_h), bool))
+    lab2, _n2 = ndimage.label(joined)
     boxes: list[Box] = []
     for i, sl in enumerate(ndimage.find_objects(lab2), start=1):
         h = sl[0].stop - sl[0].start
         w = sl[1].stop - sl[1].start
-        pieces = ndimage.label(glyph[sl] & (lab2[sl] == i))[1]
-        if pieces >= 3 and w >= 1.5 * h:
-            boxes.append((sl[0].start, sl[1].start, sl[0].stop, sl[1].stop))
+        if h > 3 * char_h:
+            continue  # a block taller than a few lines of text is not a line
+        inside = glyph[sl] & (lab2[sl] == i)
+        pieces = ndimage.label(inside)[1]
+        rows = np.nonzero(inside.any(axis=1))[0]
+        cols = np.nonzero(inside.any(axis=0))[0]
+        if len(rows) < 4 or pieces < 2:
+            continue
+        # the tight box of the glyphs themselves, not of the dilated region
+        r0, r1 = sl[0].start + int(rows[0]), sl[0].start + int(rows[-1]) + 1
+        c0, c1 = sl[1].start + int(cols[0]), sl[1].start + int(cols[-1]) + 1
+        if (c1 - c0) >= 1.2 * (r1 - r0):
+            boxes.append((r0, c0, r1, c1))
     return boxes
+
+
+def remnants(frame: np.ndarray, max_value: float, boxes: list[Box], reach: int = 4) -> list[Box]:
+    """Saturated glyph pieces touching a blanked box: the parts of characters a box cut off."""
+    if not boxes:
+        return []
+    _labels, slices, _h = _glyphs(frame, max_value)
+    out: list[Box] = []
+    for sl in slices:
+        r0, c0, r1, c1 = sl[0].start, sl[1].start, sl[0].stop, sl[1].stop
+        for b0, a0, b1, a1 in boxes:
+            if r0 < b1 + reach and r1 > b0 - reach and c0 < a1 + reach and c1 > a0 - reach:
+                out.append((r0, c0, r1, c1))
+                break
+    return out
 
 
 @dataclass
@@ -135,7 +173,7 @@ class TextDetector:
         ):
             text = (text or "").strip()
             alnum = sum(ch.isalnum() for ch in text)
-            if alnum < 2 or float(conf) < self.min_confidence:
+            if alnum < 2 or float(conf) < self.min_confidence or height < _MIN_GLYPH_HEIGHT * scale:
                 continue
             box = (top // scale, left // scale, (top + height) // scale + 1, (left + width) // scale + 1)
             out.append((text, float(conf), box))
@@ -167,22 +205,29 @@ def blank(frame: np.ndarray, boxes: list[Box], fill: float, margin: int = 3) -> 
 
 def clean_frame(frame: np.ndarray, *, max_value: float, fill: float, rules: list[Box],
                 detector: TextDetector | None = None) -> list[Box]:
-    """Clean one 2D frame in place; returns the boxes blanked. Raises Quarantine if text remains."""
+    """Clean one 2D frame in place; returns the boxes blanked. Raises Quarantine if text remains.
+
+    Rounds of: text-like lines of saturated glyphs, glyph pieces that a previous box cut
+    off, and words OCR reads — until a round finds nothing (at most three), then a last
+    OCR check.
+    """
     det = detector or TextDetector()
     boxes = list(rules)
     blank(frame, rules, fill, margin=0)
-    lines = glyph_lines(frame, max_value)
-    blank(frame, lines, fill)
-    boxes += lines
-    words = find_text(frame, max_value, det)
-    if words:
-        wboxes = [b for _t, _c, b in words]
-        blank(frame, wboxes, fill, margin=4)
-        boxes += wboxes
-        remaining = [w for w in find_text(frame, max_value, det) if w[1] >= _VERIFY_CONFIDENCE]
-        if remaining:
-            shown = ", ".join(repr(t) for t, _c, _b in remaining[:3])
-            raise Quarantine(f"text still readable after cleaning the pixels ({shown}): not released")
+    for _round in range(_MAX_ROUNDS):
+        found = glyph_lines(frame, max_value)
+        blank(frame, found, fill)
+        cut = remnants(frame, max_value, boxes + found)
+        blank(frame, cut, fill, margin=1)
+        words = [b for _t, _c, b in find_text(frame, max_value, det)]
+        blank(frame, words, fill, margin=4)
+        boxes += found + cut + words
+        if not (found or cut or words):
+            return boxes
+    remaining = [w for w in find_text(frame, max_value, det) if w[1] >= _VERIFY_CONFIDENCE]
+    if remaining:
+        shown = ", ".join(repr(t) for t, _c, _b in remaining[:3])
+        raise Quarantine(f"text still readable after cleaning the pixels ({shown}): not released")
     return boxes
 
 

@@ -76,6 +76,8 @@ class LeakScanner:
     """
 
     def __init__(self, tokens: Iterable[str], dates: Iterable[str] = (), *, min_length: int = 4) -> None:
+        import ahocorasick
+
         self._tokens: dict[str, str] = {}
         for t in tokens:
             t = t.strip()
@@ -89,30 +91,31 @@ class LeakScanner:
                 self._tokens.setdefault(v.lower(), d)
         if not self._tokens:
             raise ValueError("a leak scanner needs at least one token")
-        ordered = sorted(self._tokens, key=len, reverse=True)
-        self._text_re = re.compile("|".join(re.escape(t) for t in ordered), re.IGNORECASE)
-        self._bytes_re = re.compile(
-            b"|".join(re.escape(t.encode("utf-8")) for t in ordered), re.IGNORECASE
-        )
+        # one automaton over text; raw bytes are searched as Latin-1 text, with each token
+        # also in its UTF-8 byte form, so both single-byte and UTF-8 encodings are caught
+        self._auto = ahocorasick.Automaton()
+        for low, original in self._tokens.items():
+            self._auto.add_word(low, original)
+            mojibake = low.encode("utf-8").decode("latin-1").lower()
+            if mojibake != low:
+                self._auto.add_word(mojibake, original)
+        self._auto.make_automaton()
 
     @property
     def tokens(self) -> list[str]:
         """The original tokens (and dates) searched for."""
         return sorted(set(self._tokens.values()))
 
-    def _original(self, matched: str) -> str:
-        return self._tokens.get(matched.lower(), matched)
+    def _hits(self, text: str) -> list[tuple[int, str]]:
+        return [(end, original) for end, original in self._auto.iter(text.lower())]
 
     def scan_text(self, file: str, text: str, where: str) -> list[Finding]:
         """Findings in one piece of text."""
-        return [Finding(file, where, self._original(m.group(0))) for m in self._text_re.finditer(text)]
+        return [Finding(file, where, original) for _end, original in self._hits(text)]
 
     def scan_bytes(self, file: str, data: bytes) -> list[Finding]:
         """Findings anywhere in a file's raw bytes."""
-        out = []
-        for m in self._bytes_re.finditer(data):
-            out.append(Finding(file, f"bytes@{m.start()}", self._original(m.group(0).decode("utf-8", "replace"))))
-        return out
+        return [Finding(file, f"bytes@{end}", original) for end, original in self._hits(data.decode("latin-1"))]
 
     def scan_dataset(self, file: str, data: bytes) -> list[Finding]:
         """Findings in every decoded value (all depths, private, file meta), by element path."""

@@ -152,6 +152,15 @@ class Vault:
         nonce, ct = seal(self._k_enc, lookup, {"kind": kind, "pseudonym": pseudonym, **original})
         self.add_rows([(lookup, kind, nonce, ct)])
 
+    def merge(self, kind: str, pseudonym: str, original: dict[str, Any]) -> None:
+        """Add fields to a mapping (creating it if needed); existing fields are updated."""
+        lookup = self._lookup_key(kind, pseudonym)
+        row = self._db.execute("SELECT nonce, ciphertext FROM entries WHERE lookup = ?", (lookup,)).fetchone()
+        current = open_sealed(self._k_enc, lookup, row[0], row[1]) if row else {"kind": kind, "pseudonym": pseudonym}
+        current.update(original)
+        nonce, ct = seal(self._k_enc, lookup, current)
+        self.add_rows([(lookup, kind, nonce, ct)])
+
     def _lookup_key(self, kind: str, pseudonym: str) -> bytes:
         return hmac.new(self._k_idx, f"{kind}:{pseudonym}".encode(), hashlib.sha256).digest()
 
