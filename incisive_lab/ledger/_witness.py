@@ -400,6 +400,10 @@ class Witness:
                     raise self._refuse("fork", f"two different roots for size {cp.size}",
                                        origin=cp.origin, cosigned=prev, presented=presented,
                                        proof=hashes, old_size=old_size)
+                if cp.size > prev.size and not hashes:
+                    raise self._refuse("malformed", f"a consistency proof from size {prev.size} "
+                                       "is needed", origin=cp.origin, presented=presented,
+                                       old_size=old_size)
                 if cp.size > prev.size:
                     try:
                         verify_consistency(prev.size, cp.size, prev.root, cp.root, hashes)

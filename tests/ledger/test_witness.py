@@ -144,6 +144,9 @@ def test_other_refusals(site: Site, tmp_path: Path) -> None:
         assert Checkpoint.parse(info.value.evidence.cosigned or "").size == 4
         with pytest.raises(LedgerError):  # conflict is not evidence against the log
             info.value.evidence.confirm(ledger.verifier)
+        with pytest.raises(WitnessRefusal) as info:  # growth without a proof proves nothing
+            w.cosign(cp2, [])
+        assert info.value.kind == "malformed"
         w.cosign(cp2, ledger.consistency_proof(4, cp2.size))
     assert {e.kind for e in w.evidence()} == {"bad-signature", "malformed"}
 
