@@ -34,6 +34,7 @@ def test_burned_in_annotation_flag_matches_the_manifest(small_set: Path) -> None
     assert burned > 0
 
 
+@pytest.mark.slow
 def test_about_a_quarter_of_mammograms_have_text(full_set: Path) -> None:
     mg = [e for _, _, e, _ in iter_entries(full_set) if e["sop_class_uid"] == SOP_CLASSES["MG"]]
     fraction = sum(bool(e["burned_in_text"]) for e in mg) / len(mg)

@@ -8,6 +8,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+import pytest
 from openpyxl import load_workbook
 
 from incisive_lab.cdm.spreadsheet import read_workbook
@@ -95,6 +96,7 @@ def test_spreadsheet_phi_is_in_the_manifest(small_set: Path) -> None:
                     assert not any(ch.isdigit() for ch in rest), (value, rest)
 
 
+@pytest.mark.slow
 def test_clinical_data_agree_with_imaging_and_are_coherent(full_set: Path) -> None:
     for site, truth in load_truth(full_set).items():
         patients = {p["patient_id"]: p for p in truth["patients"]}

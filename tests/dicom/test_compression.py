@@ -5,12 +5,15 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from pathlib import Path
 
+import pytest
+
 from tests.dicom._helpers import iter_entries, read
 
 JPEG_LS, J2K, RLE = "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.5"
 IMPLICIT, DEFLATED, EXPLICIT = "1.2.840.10008.1.2", "1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.1"
 
 
+@pytest.mark.slow
 def test_transfer_syntax_mix(full_set: Path) -> None:
     per_site: dict[str, Counter[str]] = defaultdict(Counter)
     for site, _, entry, _ in iter_entries(full_set):
@@ -28,6 +31,7 @@ def test_transfer_syntax_mix(full_set: Path) -> None:
     assert set(total) == {JPEG_LS, J2K, RLE, IMPLICIT, DEFLATED, EXPLICIT}
 
 
+@pytest.mark.slow
 def test_compressed_files_decode_losslessly(full_set: Path) -> None:
     """Each compressed series decodes, and its pixels match a re-encoding (lossless)."""
     seen = Counter()

@@ -46,6 +46,7 @@ def test_layout(small_set: Path) -> None:
     assert not list(small_set.parent.glob(".set.synth-*"))  # no temp or old folders left
 
 
+@pytest.mark.slow
 def test_patients_are_distributed_and_types_balanced(full_set: Path) -> None:
     assert distribute_patients(50, ("a", "b", "c")) == {"a": 17, "b": 17, "c": 16}
     types: dict[str, int] = {}
@@ -62,6 +63,7 @@ def test_patients_are_distributed_and_types_balanced(full_set: Path) -> None:
         assert abs(lesions.get((cancer, True), 0) - lesions.get((cancer, False), 0)) <= 2
 
 
+@pytest.mark.slow
 def test_full_size_counts(full_set: Path) -> None:
     n_files = sum(len(t["files"]) for t in load_truth(full_set).values())
     size = sum(p.stat().st_size for p in full_set.rglob("*") if p.is_file())

@@ -56,6 +56,7 @@ def test_manifest_lesions_are_consistent(small_set: Path) -> None:
             assert bool(flagged) == p["lesion"], p["patient_id"]
 
 
+@pytest.mark.slow
 def test_mammography_lesion_on_one_breast_in_both_views(full_set: Path) -> None:
     for truth in load_truth(full_set).values():
         for p in truth["patients"]:
@@ -184,6 +185,7 @@ def _logistic_cv_scores(x: np.ndarray, y: np.ndarray, folds: int = 4) -> np.ndar
     return scores
 
 
+@pytest.mark.slow
 def test_logistic_regression_finds_masses_in_the_shipped_mammograms(full_set: Path) -> None:
     feats, labels = [], []
     for _, _, entry, path in iter_entries(full_set):

@@ -229,6 +229,7 @@ def test_every_token_occurs_in_the_data(small_set: Path, truth: Truth) -> None:
         assert not missing, (site, pid, missing)
 
 
+@pytest.mark.slow
 def test_phi_locations_are_all_used(full_set: Path) -> None:
     """Each place where PHI hides appears in the full set, most in a good fraction of files."""
     present: Counter[str] = Counter()
@@ -278,6 +279,7 @@ def test_phi_locations_are_all_used(full_set: Path) -> None:
         assert present[key] > 0, key
 
 
+@pytest.mark.slow
 def test_private_blocks_are_not_always_at_the_same_number(full_set: Path) -> None:
     blocks: dict[str, set[int]] = defaultdict(set)
     for _, _, _, path in iter_entries(full_set):

@@ -19,8 +19,6 @@ from incisive_lab.dicom.synth import _phantoms as ph
 from incisive_lab.dicom.synth._identity import ascii_fold
 from incisive_lab.dicom.synth._plan import (
     COMPRESSED,
-    DEFLATED_LE,
-    IMPLICIT_LE,
     RLE,
     PatientPlan,
     SeriesPlan,
@@ -861,6 +859,3 @@ def render_site(seed: int, plan: SitePlan, root: Path,
             on_patient()
     return out
 
-
-# keep the UIDs of the deflated / implicit syntaxes importable for tests
-TRANSFER_SYNTAXES_USED = (IMPLICIT_LE, DEFLATED_LE, *COMPRESSED)
