@@ -400,7 +400,7 @@ class Witness:
                     raise self._refuse("fork", f"two different roots for size {cp.size}",
                                        origin=cp.origin, cosigned=prev, presented=presented,
                                        proof=hashes, old_size=old_size)
-                if cp.size > prev.size and not hashes:
+                if cp.size > prev.size > 0 and not hashes:
                     raise self._refuse("malformed", f"a consistency proof from size {prev.size} "
                                        "is needed", origin=cp.origin, presented=presented,
                                        old_size=old_size)
