@@ -67,8 +67,8 @@ def format_time(value: str | datetime | None) -> str:
     '2025-03-01T09:00:00.000000Z'
     """
     if value is None:
-        moment = datetime.now(UTC)
-    elif isinstance(value, datetime):
+        return datetime.now(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
+    if isinstance(value, datetime):
         moment = value
     elif isinstance(value, str):
         text = value.strip()
@@ -88,7 +88,8 @@ def format_time(value: str | datetime | None) -> str:
         raise EventError(f"time must be an RFC 3339 string or a datetime, not {type(value).__name__}")
     if moment.tzinfo is None or moment.utcoffset() is None:
         raise EventError(f"time {value!r} has no time zone; give UTC ('Z') or an offset")
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    # isoformat, not strftime: it zero-pads years before 1000 as RFC 3339 requires
+    return moment.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
 @dataclass(frozen=True, slots=True)
@@ -379,18 +380,21 @@ class Event:
         set_ = object.__setattr__
         set_(self, "version", schema.version)
         set_(self, "time", format_time(self.time))
-        set_(self, "outcome", Outcome.coerce(self.outcome))
-        for name in ("actor", "action", "resource", "purpose"):
-            value = getattr(self, name)
-            spec = schema.fields[name]
-            if value is None or value == "":
-                if spec.required:
+        if type(self.outcome) is not Outcome:
+            set_(self, "outcome", Outcome.coerce(self.outcome))
+        fields = schema.fields
+        for name, value in (("actor", self.actor), ("action", self.action),
+                            ("resource", self.resource), ("purpose", self.purpose)):
+            if not value:
+                if value is not None and value != "":
+                    raise EventError(f"{name} must be a string")
+                if fields[name].required:
                     raise EventError(f"{self.kind} events need a non-empty {name}")
                 set_(self, name, None)
-                continue
-            if not isinstance(value, str):
+            elif not isinstance(value, str):
                 raise EventError(f"{name} must be a string")
-            _check_text(value, name, _MAX_ID, identifier=True)
+            elif len(value) > _MAX_ID or _CONTROL.search(value):
+                _check_text(value, name, _MAX_ID, identifier=True)
         if self.action not in schema.actions:
             raise EventError(f"action {self.action!r} is not an action of {self.kind!r} events "
                              f"(allowed: {', '.join(schema.actions)})")

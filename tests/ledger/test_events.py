@@ -116,6 +116,10 @@ def test_time_normalisation() -> None:
     assert format_time(datetime(2025, 6, 1, 12, tzinfo=cet)) == "2025-06-01T10:00:00.000000Z"
     with pytest.raises(EventError, match="no time zone"):
         format_time(datetime(2025, 6, 1, 12))
+    old = make_event(1, time="0999-12-31T23:00:00-02:00")  # years are always 4 digits
+    assert old.time == "1000-01-01T01:00:00.000000Z"
+    assert format_time("0099-01-01T00:00:00Z") == "0099-01-01T00:00:00.000000Z"
+    assert Event.from_bytes(make_event(2, time="0099-01-01T00:00:00Z").to_bytes()).time[:4] == "0099"
     now = make_event(1, time=None).timestamp
     assert abs((datetime.now(UTC) - now).total_seconds()) < 3600  # defaults to now, in UTC
 
