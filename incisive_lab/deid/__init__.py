@@ -25,8 +25,8 @@ from incisive_lab.deid.scanner import Finding, LeakScanner, audit
 from incisive_lab.deid.vault import Vault, VaultError
 
 __all__ = [
-    "DeidError",
     "Decision",
+    "DeidError",
     "Engine",
     "FileRecord",
     "FileResult",

@@ -24,12 +24,13 @@ import os
 import struct
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from pydicom.uid import UID_dictionary
 
 from incisive_lab.deid._standard import (
+    ALL_VRS,
     SafePrivateAttribute,
     dictionary_entry,
     iod_attribute_types,
@@ -61,10 +62,7 @@ EXPLICIT_BE = "1.2.840.10008.1.2.2"
 IMPLEMENTATION_CLASS_UID = "2.25.223405473096018155436219413617932331073"
 
 _LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"})
-_VALID_VR = frozenset(
-    v.encode()
-    for v in "AE AS AT CS DA DS DT FD FL IS LO LT OB OD OF OL OV OW PN SH SL SQ SS ST SV TM UC UI UL UN UR US UT UV".split()
-)
+_VR_NAMES: dict[bytes, str] = {v.encode(): v for v in ALL_VRS}
 
 # tags handled specially
 T_PATIENT_NAME = 0x00100010
@@ -86,6 +84,7 @@ T_METHOD = 0x00120063
 T_METHOD_CODES = 0x00120064
 T_LONGITUDINAL = 0x00280303
 _INSERTED = (T_IDENTITY_REMOVED, T_METHOD, T_METHOD_CODES, T_LONGITUDINAL)
+_NO_TAGS: frozenset[int] = frozenset()
 
 #: SOP Classes whose pixels commonly carry burned-in text when Burned In Annotation is absent.
 BURNED_IN_RISK_CLASSES = frozenset(
@@ -167,14 +166,18 @@ class _Syntax:
 class _Parser:
     """Parse a dataset's bytes into the element tree."""
 
-    __slots__ = ("buf", "little", "n", "u16", "u32", "vr_of")
+    __slots__ = ("buf", "head_explicit", "head_implicit", "little", "n", "u16", "u32", "vr_of")
 
     def __init__(self, buf: bytes | memoryview, little: bool, vr_of: Callable[[int], str]) -> None:
         self.buf = buf
         self.n = len(buf)
         self.little = little
-        self.u16 = struct.Struct("<H" if little else ">H").unpack_from
-        self.u32 = struct.Struct("<L" if little else ">L").unpack_from
+        order = "<" if little else ">"
+        self.u16 = struct.Struct(order + "H").unpack_from
+        self.u32 = struct.Struct(order + "L").unpack_from
+        # one unpack per element header: group, element, VR (2 bytes), short length
+        self.head_explicit = struct.Struct(order + "HH2sH").unpack_from
+        self.head_implicit = struct.Struct(order + "HHL").unpack_from
         self.vr_of = vr_of
 
     def tag_at(self, pos: int) -> int:
@@ -186,34 +189,41 @@ class _Parser:
         """Parse elements from ``pos``; stop at ``end`` or, in an undefined-length item, at its delimiter."""
         buf = self.buf
         out: list[El] = []
-        u16, u32 = self.u16, self.u32
+        u32 = self.u32
+        head_explicit = self.head_explicit
+        head_implicit = self.head_implicit
+        vr_names = _VR_NAMES
+        long_vrs = _LONG_VRS
         while pos < end:
             if pos + 8 > end:
                 raise DeidError(f"truncated element header at byte {pos}")
-            tag = (u16(buf, pos)[0] << 16) | u16(buf, pos + 2)[0]
-            if tag == ITEM_DELIM:
-                if not item_undefined:
-                    raise DeidError(f"unexpected item delimiter at byte {pos}")
-                return out, pos + 8
-            if tag == SEQ_DELIM or tag == ITEM:
-                raise DeidError(f"unexpected {'sequence delimiter' if tag == SEQ_DELIM else 'item'} at byte {pos}")
             if explicit:
-                vrb = bytes(buf[pos + 4 : pos + 6])
-                if vrb not in _VALID_VR:
-                    raise DeidError(f"corrupt element ({tag >> 16:04X},{tag & 0xFFFF:04X}) at byte {pos}: invalid VR {vrb!r}")
-                vr = vrb.decode()
-                if vrb in _LONG_VRS:
+                group, elem, vrb, vlen = head_explicit(buf, pos)
+                tag = (group << 16) | elem
+                vr = vr_names.get(vrb)
+                if vr is None:
+                    if group == 0xFFFE:
+                        vr = ""  # item tags carry no VR; handled below
+                    else:
+                        raise DeidError(f"corrupt element ({group:04X},{elem:04X}) at byte {pos}: invalid VR {vrb!r}")
+                if vrb in long_vrs:
                     if pos + 12 > end:
                         raise DeidError(f"truncated element header at byte {pos}")
                     vlen = u32(buf, pos + 8)[0]
                     vstart = pos + 12
                 else:
-                    vlen = u16(buf, pos + 6)[0]
                     vstart = pos + 8
             else:
-                vlen = u32(buf, pos + 4)[0]
+                group, elem, vlen = head_implicit(buf, pos)
+                tag = (group << 16) | elem
                 vstart = pos + 8
                 vr = self.vr_of(tag)
+            if group == 0xFFFE:
+                if tag == ITEM_DELIM:
+                    if not item_undefined:
+                        raise DeidError(f"unexpected item delimiter at byte {pos}")
+                    return out, pos + 8
+                raise DeidError(f"unexpected {'sequence delimiter' if tag == SEQ_DELIM else 'item'} at byte {pos}")
             if vlen == UNDEFINED:
                 if vr == "SQ" or vr == "UN":
                     # an undefined-length UN is a sequence in implicit VR little endian (PS3.5 6.2.2)
@@ -310,26 +320,53 @@ class _Parser:
 # --- results ----------------------------------------------------------------------------
 
 
-@dataclass(slots=True)
 class FileResult:
     """What happened to one file.
 
-    ``status`` is ``ok``, ``quarantined`` or ``failed``; ``output`` the de-identified
-    bytes (``ok`` only); ``relpath`` where they belong under the destination
+    ``status`` is ``ok``, ``quarantined``, ``failed`` or ``skipped``; ``reason`` says why
+    when not ``ok``. For ``ok``: ``parts`` the de-identified file as a list of byte
+    slices (write them with ``os.writev``) and ``output`` the same joined into one
+    ``bytes``; ``relpath`` where the file belongs under the destination
     (``<patient pseudonym>/<study UID>/<series UID>/<instance UID>.dcm``); ``actions``
     the (attribute, action, basis) triples taken; ``vault`` encrypted vault rows
     (pseudonymisation only).
     """
 
-    status: str
-    reason: str = ""
-    output: bytes | None = None
-    relpath: str | None = None
-    patient: str | None = None
-    actions: list[tuple[str, str, str]] = field(default_factory=list)
-    vault: list[tuple[bytes, str, bytes, bytes]] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-    pixels_cleaned: bool = False
+    __slots__ = ("_output", "actions", "parts", "patient", "pixels_cleaned", "reason", "relpath", "status", "vault", "warnings")
+
+    def __init__(
+        self,
+        status: str,
+        reason: str = "",
+        *,
+        parts: list[bytes | memoryview] | None = None,
+        relpath: str | None = None,
+        patient: str | None = None,
+        actions: list[tuple[str, str, str]] | None = None,
+        vault: list[tuple[bytes, str, bytes, bytes]] | None = None,
+        warnings: list[str] | None = None,
+        pixels_cleaned: bool = False,
+    ) -> None:
+        self.status = status
+        self.reason = reason
+        self.parts = parts
+        self._output: bytes | None = None
+        self.relpath = relpath
+        self.patient = patient
+        self.actions = actions if actions is not None else []
+        self.vault = vault if vault is not None else []
+        self.warnings = warnings if warnings is not None else []
+        self.pixels_cleaned = pixels_cleaned
+
+    @property
+    def output(self) -> bytes | None:
+        """The de-identified file as one ``bytes`` (joined on first use)."""
+        if self._output is None and self.parts is not None:
+            self._output = b"".join(self.parts)
+        return self._output
+
+    def __repr__(self) -> str:
+        return f"FileResult(status={self.status!r}, reason={self.reason!r}, relpath={self.relpath!r})"
 
 
 @dataclass(slots=True)
@@ -409,6 +446,9 @@ class Engine:
         ``cleaner(output_bytes, context) -> bytes`` for Clean Pixel Data; raises
         :class:`Quarantine` when the image cannot be made safe. Defaults to
         :func:`incisive_lab.deid.pixels.clean_burned_in` when the option is active.
+    vault : bool
+        Pseudonymisation: produce encrypted vault rows (``FileResult.vault``); turn off
+        when no vault is kept.
     """
 
     def __init__(
@@ -418,14 +458,17 @@ class Engine:
         *,
         safe_private: os.PathLike[str] | str | None = None,
         pixel_cleaner: Callable[[bytes, dict[str, Any]], bytes] | None = None,
+        vault: bool = True,
     ) -> None:
         if profile.mode is Mode.ANONYMIZE and not secret.ephemeral:
             raise ValueError("anonymisation needs an ephemeral per-run salt, not the provider's secret")
         self.profile = profile
         self.pseudo = Pseudonymizer(secret)
-        self._vault = profile.mode is Mode.PSEUDONYMIZE
+        self._vault = vault and profile.mode is Mode.PSEUDONYMIZE
         if self._vault:
-            self._k_vault_enc = secret.derive("vault/encryption")
+            from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+            self._vault_aead = AESGCM(secret.derive("vault/encryption"))
             self._k_vault_idx = secret.derive("vault/index")
         from pathlib import Path
 
@@ -482,11 +525,7 @@ class Engine:
             return vr
         group = tag >> 16
         if group & 1:
-            el = tag & 0xFFFF
-            if 0x10 <= el <= 0xFF:
-                vr = "LO"  # private creator
-            else:
-                vr = "UN"
+            vr = "LO" if 0x10 <= tag & 0xFFFF <= 0xFF else "UN"  # a private creator is LO
         else:
             entry = dictionary_entry(tag)
             vr = entry[0] if entry else "UN"
@@ -603,28 +642,28 @@ class Engine:
             )
         out: list[bytes | memoryview] = []
         self._emit(body, elems, ctx, (), False, out, top_level=True)
-        dataset = b"".join(out)
         if deflated:
             comp = zlib.compressobj(6, zlib.DEFLATED, -15)
-            dataset = comp.compress(dataset) + comp.flush()
-        sop_uid = self._new_uid(text(T_SOP_INSTANCE)) if T_SOP_INSTANCE in top else ""
-        meta_bytes = self._file_meta(meta_values, sop_uid or self._new_uid(meta_values.get(0x00020003, "")), ts)
-        output = b"\x00" * 128 + b"DICM" + meta_bytes + dataset
+            out = [comp.compress(b"".join(out)) + comp.flush()]
+        sop_uid = self._new_uid(text(T_SOP_INSTANCE))
+        meta_bytes = self._file_meta(meta_values, sop_uid, ts)
+        parts: list[bytes | memoryview] = [b"\x00" * 128 + b"DICM" + meta_bytes, *out]
         if ctx.pixel_clean:
             assert self._pixel_cleaner is not None
-            output = self._pixel_cleaner(
-                output,
-                {"modality": text(T_MODALITY), "manufacturer": text(T_MANUFACTURER), "sop_class": sop_class},
-            )
+            parts = [
+                self._pixel_cleaner(
+                    b"".join(parts),
+                    {"modality": text(T_MODALITY), "manufacturer": text(T_MANUFACTURER), "sop_class": sop_class},
+                )
+            ]
             ctx.actions.append(("(7FE0,0010) Pixel Data", "C", Option.CLEAN_PIXEL_DATA.value))
         study_uid = self._new_uid(text(T_STUDY_UID)) if T_STUDY_UID in top else "no-study"
         series_uid = self._new_uid(text(T_SERIES_UID)) if T_SERIES_UID in top else "no-series"
-        relpath = f"{ctx.pseudonym}/{study_uid}/{series_uid}/{sop_uid or hashlib.sha256(output).hexdigest()[:32]}.dcm"
         vault_rows = self._seal_vault(ctx.vault_items) if self._vault else []
         return FileResult(
             "ok",
-            output=output,
-            relpath=relpath,
+            parts=parts,
+            relpath=f"{ctx.pseudonym}/{study_uid}/{series_uid}/{sop_uid}.dcm",
             patient=ctx.pseudonym,
             actions=ctx.actions,
             vault=vault_rows,
@@ -671,9 +710,7 @@ class Engine:
         return cache
 
     def _decide(self, cache: dict[int, Any], tag: int, vr: str, ctx: _Ctx, path: tuple[int, ...], cleaning: bool) -> tuple[str, Decision, tuple[str, str, str] | None]:
-        hit = cache.get(tag)
-        if hit is not None:
-            return hit  # type: ignore[no-any-return]
+        """Decide a tag not yet in this level's cache, and cache it."""
         d = self.profile.decide(tag, vr, ctx.types, path, cleaning=cleaning)
         act = d.act
         record: tuple[str, str, str] | None = None
@@ -699,7 +736,7 @@ class Engine:
     ) -> None:
         cache = self._level_cache(ctx, path, cleaning)
         actions = ctx.actions
-        kept_private, creators = self._private_blocks(buf, elems)
+        kept_private, creators = self._private_blocks(buf, elems) if self._safe else (_NO_TAGS, {})
         pending = list(self._insertions(ctx)) if top_level else []
         removed_overlays: set[int] = set()
         for el in elems:
@@ -720,7 +757,10 @@ class Engine:
                     removed_overlays.add(group)
                     actions.append((f"({group:04X},xxxx) Overlay group", "X", "basic [Overlay Data is removed]"))
                     continue
-            act, _decision, record = self._decide(cache, tag, vr, ctx, path, cleaning)
+            hit = cache.get(tag)
+            if hit is None:
+                hit = self._decide(cache, tag, vr, ctx, path, cleaning)
+            act, _decision, record = hit
             if record is not None:
                 actions.append(record)
             if act == "X":
@@ -794,13 +834,16 @@ class Engine:
         buf: bytes | memoryview,
         elems: list[El],
         el: El,
-        kept: set[int],
+        kept: set[int] | frozenset[int],
         creators: dict[tuple[int, int], str],
         out: list[bytes | memoryview],
         actions: list[tuple[str, str, str]],
     ) -> None:
-        tag, _vr, hs, _vs, _ve, end, _items, _u = el
+        tag, _vr, hs, vs, ve, end, _items, _u = el
         group, low = tag >> 16, tag & 0xFFFF
+        if 0x10 <= low <= 0xFF and not self._safe:
+            # creators precede their blocks: learn them as they come
+            creators[(group, low)] = _decode_text(buf[vs:ve], "latin_1").rstrip()
         if tag in kept:
             out.append(buf[hs:end])
             if low >= 0x1000:
@@ -808,8 +851,8 @@ class Engine:
                 actions.append((f"({group:04X},xx{low & 0xFF:02X}) {creator}", "K", Option.RETAIN_SAFE_PRIVATE.value))
             return
         if low >= 0x1000:
-            creator = creators.get((group, low >> 8))
-            actions.append((f"({group:04X},xx{low & 0xFF:02X}) {creator or '(no creator)'}", "X", "private"))
+            owner = creators.get((group, low >> 8)) or "(no creator)"
+            actions.append((f"({group:04X},xx{low & 0xFF:02X}) {owner}", "X", "private"))
         elif 0x10 <= low <= 0xFF:
             actions.append((f"({group:04X},00xx) Private Creator", "X", "private"))
         else:
@@ -899,7 +942,7 @@ class Engine:
 
     def _replace_uids(self, raw: bytes | memoryview, ctx: _Ctx) -> bytes:
         values = bytes(raw).rstrip(b" \x00").decode("ascii", "replace").split("\\")
-        new = []
+        new: list[str] = []
         for v in values:
             v = v.strip()
             if not v:
@@ -1008,7 +1051,7 @@ class Engine:
             if lookup in self._vault_seen:
                 continue
             self._vault_seen.add(lookup)
-            nonce, ct = seal(self._k_vault_enc, lookup, {"kind": kind, "pseudonym": pseudonym, **original})
+            nonce, ct = seal(self._vault_aead, lookup, {"kind": kind, "pseudonym": pseudonym, **original})
             rows.append((lookup, kind, nonce, ct))
         if len(self._vault_seen) > 500_000:
             self._vault_seen.clear()

@@ -18,6 +18,12 @@ from incisive_lab.errors import IncisiveLabError
 
 _PKG = "incisive_lab.deid.standard"
 
+#: Every Value Representation of PS3.5.
+ALL_VRS: tuple[str, ...] = (
+    "AE", "AS", "AT", "CS", "DA", "DS", "DT", "FD", "FL", "IS", "LO", "LT", "OB", "OD", "OF", "OL", "OV",
+    "OW", "PN", "SH", "SL", "SQ", "SS", "ST", "SV", "TM", "UC", "UI", "UL", "UN", "UR", "US", "UT", "UV",
+)
+
 #: PS3.15 action codes that appear in Table E.1-1.
 ACTION_CODES = frozenset({"D", "Z", "X", "K", "C", "U", "Z/D", "X/Z", "X/D", "X/Z/D", "X/Z/U*"})
 
@@ -224,3 +230,14 @@ def dictionary_entry(tag: int) -> tuple[str, str, str] | None:
         return None
     vr = entry[0].split(" or ")[0]
     return vr, entry[2], entry[4]
+
+
+def preload_tables() -> None:
+    """Load every table now (e.g. in a parent process before it forks workers)."""
+    confidentiality_table()
+    retained_attributes()
+    descriptor_vocabulary()
+    doc = _iod_document()
+    for iod in ("ct-image", "mr-image", "digital-mammography-x-ray-image", "secondary-capture-image"):
+        if iod in doc["iod_modules"]:
+            iod_attribute_types(iod)

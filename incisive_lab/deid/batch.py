@@ -14,8 +14,10 @@ identical to ``jobs = 1``.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
+import mmap
 import multiprocessing
 import os
 import sys
@@ -26,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from incisive_lab.deid._engine import Engine, FileResult
+from incisive_lab.deid._standard import preload_tables
 from incisive_lab.deid.keys import Secret
 from incisive_lab.deid.profile import Mode, Profile
 from incisive_lab.deid.vault import Vault
@@ -34,7 +37,7 @@ from incisive_lab.errors import IncisiveLabError
 __all__ = ["FileRecord", "RunReport", "deidentify_tree"]
 
 REPORT_FORMAT = "incisive-deid-report/1"
-_CHUNK = 16
+_MIN_CHUNK, _MAX_CHUNK = 8, 64
 
 
 @dataclass(slots=True)
@@ -49,7 +52,6 @@ class FileRecord:
     reason: str = ""
     warnings: list[str] = field(default_factory=list)
     pixels_cleaned: bool = False
-    digest: str | None = None
 
     def as_json(self) -> dict[str, Any]:
         d: dict[str, Any] = {"source": self.source, "status": self.status}
@@ -133,8 +135,8 @@ class _Worker:
     """Holds one engine per process; processes chunks of files."""
 
     def __init__(self, profile: Profile, secret: Secret, src: Path, dst: Path, quarantine: Path | None,
-                 safe_private: Path | None) -> None:
-        self.engine = Engine(profile, secret, safe_private=safe_private)
+                 safe_private: Path | None, vault: bool = True) -> None:
+        self.engine = Engine(profile, secret, safe_private=safe_private, vault=vault)
         self.src, self.dst, self.quarantine = src, dst, quarantine
         self.made_dirs: set[Path] = set()
         self.action_ids: dict[tuple[tuple[str, str, str], ...], str] = {}
@@ -143,25 +145,33 @@ class _Worker:
         records: list[FileRecord] = []
         new_sets: dict[str, list[list[str]]] = {}
         vault_rows: list[tuple[bytes, str, bytes, bytes]] = []
-        for rel in rels:
-            path = self.src / rel
-            try:
-                data = path.read_bytes()
-            except OSError as exc:
-                records.append(FileRecord(rel, "failed", reason=f"cannot read: {exc.strerror}"))
-                continue
-            result = self.engine.process(data)
-            records.append(self._record(rel, data, result, new_sets))
-            vault_rows.extend(result.vault)
+        # the engine makes many small tuples and no reference cycles: the cyclic collector
+        # would only spend time walking them
+        was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            for rel in rels:
+                try:
+                    data = _map(os.path.join(self.src, rel))
+                except OSError as exc:
+                    records.append(FileRecord(rel, "failed", reason=f"cannot read: {exc.strerror}"))
+                    continue
+                result = self.engine.process(data)  # type: ignore[arg-type]
+                records.append(self._record(rel, data, result, new_sets))
+                vault_rows.extend(result.vault)
+                del result, data  # release the mapping
+        finally:
+            if was_enabled:
+                gc.enable()
         return records, new_sets, vault_rows
 
-    def _record(self, rel: str, data: bytes, result: FileResult, new_sets: dict[str, list[list[str]]]) -> FileRecord:
+    def _record(self, rel: str, data: bytes | mmap.mmap, result: FileResult, new_sets: dict[str, list[list[str]]]) -> FileRecord:
         if result.status != "ok":
             if result.status == "quarantined" and self.quarantine is not None:
-                _atomic_write(self.quarantine / rel, data, self.made_dirs)
+                _atomic_write(self.quarantine / rel, [data], self.made_dirs)
             return FileRecord(rel, result.status, reason=result.reason)
-        assert result.output is not None and result.relpath is not None
-        _atomic_write(self.dst / result.relpath, result.output, self.made_dirs)
+        assert result.parts is not None and result.relpath is not None
+        _atomic_write(self.dst / result.relpath, result.parts, self.made_dirs)
         key = tuple(result.actions)
         set_id = self.action_ids.get(key)
         if set_id is None:
@@ -172,18 +182,40 @@ class _Worker:
         return FileRecord(
             rel, "ok", output=result.relpath, patient=result.patient, actions=set_id,
             warnings=result.warnings, pixels_cleaned=result.pixels_cleaned,
-            digest=hashlib.sha256(result.output).hexdigest(),
         )
 
 
-def _atomic_write(path: Path, data: bytes, made: set[Path]) -> None:
+def _map(path: str) -> bytes | mmap.mmap:
+    """The file's bytes without copying them (a read-only mapping; empty files as b"")."""
+    with open(path, "rb") as fh:
+        size = os.fstat(fh.fileno()).st_size
+        if size == 0:
+            return b""
+        return mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+
+
+_IOV_MAX = 512
+
+
+def _atomic_write(path: Path, parts: Sequence[bytes | memoryview | mmap.mmap], made: set[Path]) -> None:
+    """Write the slices to a temporary file with writev, then rename it into place."""
     parent = path.parent
     if parent not in made:
         parent.mkdir(parents=True, exist_ok=True)
         made.add(parent)
     tmp = parent / f".{path.name}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as fh:
-        fh.write(data)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        for i in range(0, len(parts), _IOV_MAX):
+            batch = parts[i : i + _IOV_MAX]
+            want = sum(map(len, batch))
+            done = os.writev(fd, batch)
+            if done < want:  # a short write: finish the rest plainly
+                rest = memoryview(b"".join(bytes(p) for p in batch))[done:]
+                while rest:
+                    rest = rest[os.write(fd, rest) :]
+    finally:
+        os.close(fd)
     os.replace(tmp, path)
 
 
@@ -202,12 +234,26 @@ def _run_chunk(rels: Sequence[str]) -> tuple[list[FileRecord], dict[str, list[li
 _SPREADSHEET_SUFFIXES = (".xlsx",)
 
 
+def _guided_chunks(items: list[str], jobs: int) -> list[list[str]]:
+    """Chunks that shrink towards the end ("guided" scheduling): large ones keep the
+    inter-process traffic low, small last ones keep every worker busy until the end."""
+    chunks = []
+    i = 0
+    while i < len(items):
+        size = max(_MIN_CHUNK, min(_MAX_CHUNK, (len(items) - i) // (jobs * 4)))
+        chunks.append(items[i : i + size])
+        i += size
+    return chunks
+
+
 def _walk(src: Path, exclude: Sequence[Path]) -> Iterator[str]:
-    for root, dirs, files in os.walk(src):
-        root_path = Path(root)
-        dirs[:] = sorted(d for d in dirs if (root_path / d).resolve() not in exclude)
+    excluded = {str(p) for p in exclude}
+    base = str(src)
+    for root, dirs, files in os.walk(base):
+        dirs[:] = sorted(d for d in dirs if os.path.realpath(os.path.join(root, d)) not in excluded)
+        rel_root = os.path.relpath(root, base)
         for name in sorted(files):
-            yield (root_path / name).relative_to(src).as_posix()
+            yield name if rel_root == "." else f"{rel_root}/{name}".replace(os.sep, "/")
 
 
 def deidentify_tree(
@@ -296,7 +342,7 @@ def deidentify_tree(
     from tqdm import tqdm
 
     bar = tqdm(total=len(dicom_rels), unit="file", desc="de-identifying", disable=not show, file=sys.stderr)
-    chunks = [dicom_rels[i : i + _CHUNK] for i in range(0, len(dicom_rels), _CHUNK)]
+    chunks = _guided_chunks(dicom_rels, jobs)
     pending_vault: list[tuple[bytes, str, bytes, bytes]] = []
 
     def absorb(result: tuple[list[FileRecord], dict[str, list[list[str]]], list[tuple[bytes, str, bytes, bytes]]]) -> None:
@@ -306,22 +352,29 @@ def deidentify_tree(
         action_sets.update(sets)
         if vault_obj is not None and vrows:
             pending_vault.extend(vrows)
-            if len(pending_vault) >= 5000:
+            if len(pending_vault) >= 1000:  # written while the workers go on
                 vault_count += vault_obj.add_rows(pending_vault)
                 pending_vault.clear()
         bar.update(len(recs))
 
     try:
-        args = (profile, secret, base, dst_path, qpath, sp)
+        args = (profile, secret, base, dst_path, qpath, sp, vault_obj is not None)
         if jobs == 1 or len(chunks) <= 1:
             worker = _Worker(*args)
             for chunk in chunks:
                 absorb(worker.run(chunk))
         else:
             ctx = multiprocessing.get_context("fork")
-            with ctx.Pool(processes=jobs, initializer=_init_worker, initargs=args) as pool:
-                for result in pool.imap_unordered(_run_chunk, chunks):
-                    absorb(result)
+            preload_tables()  # load once here; the forked workers inherit them
+            # forked workers share the parent's heap copy-on-write; freezing it keeps their
+            # garbage collector from touching (and so copying) every inherited page
+            gc.freeze()
+            try:
+                with ctx.Pool(processes=jobs, initializer=_init_worker, initargs=args) as pool:
+                    for result in pool.imap_unordered(_run_chunk, chunks):
+                        absorb(result)
+            finally:
+                gc.unfreeze()
         if vault_obj is not None and pending_vault:
             vault_count += vault_obj.add_rows(pending_vault)
         bar.close()
@@ -356,7 +409,12 @@ def deidentify_tree(
 
 def _resolve_duplicates(records: list[FileRecord], profile: Profile, secret: Secret, base: Path, dst: Path,
                         safe_private: Path | None) -> None:
-    """Several sources that map to one output (same SOP Instance UID): keep the first, deterministically."""
+    """Several sources that map to one output (same SOP Instance UID): keep the first, deterministically.
+
+    Only duplicates are fingerprinted (by de-identifying them again here), so the common
+    case pays nothing; the first source's version is (re)written so the result does not
+    depend on which worker renamed its file last.
+    """
     by_output: dict[str, list[FileRecord]] = {}
     for r in records:
         if r.status == "ok" and r.output:
@@ -365,17 +423,15 @@ def _resolve_duplicates(records: list[FileRecord], profile: Profile, secret: Sec
     for output, group in by_output.items():
         if len(group) < 2:
             continue
+        engine = engine or Engine(profile, secret, safe_private=safe_private)
         winner, *others = group  # records are sorted by source path
+        first = engine.process((base / winner.source).read_bytes())
+        assert first.output is not None
         for other in others:
-            same = other.digest == winner.digest
+            same = engine.process((base / other.source).read_bytes()).output == first.output
             other.status = "skipped" if same else "failed"
             other.reason = (
                 f"duplicate of {winner.source} (same SOP Instance UID{', same content' if same else ', different content'})"
             )
             other.output = None
-        if any(o.digest != winner.digest for o in others):
-            # another worker may have renamed its version last: rewrite the winner's
-            engine = engine or Engine(profile, secret, safe_private=safe_private)
-            result = engine.process((base / winner.source).read_bytes())
-            assert result.output is not None
-            _atomic_write(dst / output, result.output, set())
+        _atomic_write(dst / output, [first.output], set())

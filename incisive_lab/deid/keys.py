@@ -165,7 +165,7 @@ class Pseudonymizer:
     ephemeral anonymisation salt); accession pseudonyms are 16 characters (the SH limit).
     """
 
-    __slots__ = ("_k_acc", "_k_date", "_k_patient", "_k_uid", "_uid_cache", "prefix")
+    __slots__ = ("_k_acc", "_k_date", "_k_patient", "_k_uid", "_patient_cache", "_shift_cache", "_uid_cache", "prefix")
 
     def __init__(self, secret: Secret) -> None:
         self._k_patient = secret.derive("pseudonym/patient")
@@ -173,12 +173,17 @@ class Pseudonymizer:
         self._k_uid = secret.derive("pseudonym/uid")
         self._k_date = secret.derive("pseudonym/date-shift")
         self._uid_cache: dict[str, str] = {}
+        self._patient_cache: dict[str, str] = {}
+        self._shift_cache: dict[str, int] = {}
         self.prefix = "ANO-" if secret.ephemeral else "PSN-"
 
     def patient(self, patient_key: str) -> str:
         """The pseudonym of a patient, from the patient's identifier."""
-        digest = hmac.new(self._k_patient, patient_key.encode(), hashlib.sha256).digest()
-        return self.prefix + _b32(digest, 16)
+        cached = self._patient_cache.get(patient_key)
+        if cached is None:
+            digest = hmac.new(self._k_patient, patient_key.encode(), hashlib.sha256).digest()
+            cached = self._patient_cache[patient_key] = self.prefix + _b32(digest, 16)
+        return cached
 
     def accession(self, value: str) -> str:
         """The pseudonym of an accession number (16 characters, fits SH)."""
@@ -201,6 +206,9 @@ class Pseudonymizer:
 
     def date_shift_days(self, patient_key: str) -> int:
         """The patient's date shift in days, constant for the patient, in DATE_SHIFT_RANGE."""
-        lo, hi = DATE_SHIFT_RANGE
-        digest = hmac.new(self._k_date, patient_key.encode(), hashlib.sha256).digest()
-        return lo + int.from_bytes(digest[:8], "big") % (hi - lo + 1)
+        cached = self._shift_cache.get(patient_key)
+        if cached is None:
+            lo, hi = DATE_SHIFT_RANGE
+            digest = hmac.new(self._k_date, patient_key.encode(), hashlib.sha256).digest()
+            cached = self._shift_cache[patient_key] = lo + int.from_bytes(digest[:8], "big") % (hi - lo + 1)
+        return cached

@@ -117,7 +117,6 @@ def glyph_lines(frame: np.ndarray, max_value: float) -> list[Box]:
     boxes: list[Box] = []
     for i, sl in enumerate(ndimage.find_objects(lab2), start=1):
         h = sl[0].stop - sl[0].start
-        w = sl[1].stop - sl[1].start
         if h > 3 * char_h:
             continue  # a block taller than a few lines of text is not a line
         inside = glyph[sl] & (lab2[sl] == i)

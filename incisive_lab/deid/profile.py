@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from incisive_lab.deid._standard import (
+    ALL_VRS,
     TableRow,
     confidentiality_table,
     dictionary_entry,
@@ -53,7 +54,7 @@ class ProfileError(IncisiveLabError):
     """Incompatible or unknown options."""
 
 
-class Mode(str, enum.Enum):
+class Mode(enum.StrEnum):
     """Reversible pseudonymisation (federated node) or irreversible anonymisation (central node)."""
 
     PSEUDONYMIZE = "pseudonymize"
@@ -68,7 +69,7 @@ class _OptionInfo:
     short: str
 
 
-class Option(str, enum.Enum):
+class Option(enum.StrEnum):
     """The PS3.15 options, by the names the command line uses."""
 
     RETAIN_LONGITUDINAL_FULL_DATES = "retain-longitudinal-full-dates"
@@ -470,9 +471,7 @@ _CONDITIONAL_TEXT = {
     "X/Z/U*": "keep the sequence replacing its UIDs if Type 1, Z if Type 2, else X",
 }
 
-_ALL_VRS = frozenset(
-    "AE AS AT CS DA DS DT FD FL IS LO LT OB OD OF OL OV OW PN SH SL SQ SS ST SV TM UC UI UL UN UR US UT UV".split()
-)
+_ALL_VRS = frozenset(ALL_VRS)
 
 
 def _meaning(row: TableRow, action: str, profile: Profile) -> str:

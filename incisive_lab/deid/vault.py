@@ -43,17 +43,17 @@ class VaultError(IncisiveLabError):
     """The vault cannot be opened with this secret, or is damaged."""
 
 
-def seal(key: bytes, aad: bytes, obj: dict[str, Any]) -> tuple[bytes, bytes]:
-    """Encrypt ``obj`` as JSON with AES-256-GCM; returns (nonce, ciphertext)."""
+def seal(aead: AESGCM, aad: bytes, obj: dict[str, Any]) -> tuple[bytes, bytes]:
+    """Encrypt ``obj`` as JSON with AES-256-GCM (a fresh random nonce); returns (nonce, ciphertext)."""
     nonce = os.urandom(12)
     data = json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
-    return nonce, AESGCM(key).encrypt(nonce, data, aad)
+    return nonce, aead.encrypt(nonce, data, aad)
 
 
-def open_sealed(key: bytes, aad: bytes, nonce: bytes, ciphertext: bytes) -> dict[str, Any]:
+def open_sealed(aead: AESGCM, aad: bytes, nonce: bytes, ciphertext: bytes) -> dict[str, Any]:
     """Decrypt a row sealed by :func:`seal`; raises VaultError if it was tampered with."""
     try:
-        data = AESGCM(key).decrypt(nonce, ciphertext, aad)
+        data = aead.decrypt(nonce, ciphertext, aad)
     except InvalidTag:
         raise VaultError("a vault row failed authentication: the vault was modified or damaged") from None
     result: dict[str, Any] = json.loads(data)
@@ -88,7 +88,7 @@ class Vault:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             os.close(fd)
-        self._k_enc = secret.derive("vault/encryption")
+        self._aead = AESGCM(secret.derive("vault/encryption"))
         self._k_idx = secret.derive("vault/index")
         self._db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -149,16 +149,16 @@ class Vault:
     def put(self, kind: str, pseudonym: str, original: dict[str, Any]) -> None:
         """Store one mapping (used by the clinical spreadsheet de-identifier)."""
         lookup = self._lookup_key(kind, pseudonym)
-        nonce, ct = seal(self._k_enc, lookup, {"kind": kind, "pseudonym": pseudonym, **original})
+        nonce, ct = seal(self._aead, lookup, {"kind": kind, "pseudonym": pseudonym, **original})
         self.add_rows([(lookup, kind, nonce, ct)])
 
     def merge(self, kind: str, pseudonym: str, original: dict[str, Any]) -> None:
         """Add fields to a mapping (creating it if needed); existing fields are updated."""
         lookup = self._lookup_key(kind, pseudonym)
         row = self._db.execute("SELECT nonce, ciphertext FROM entries WHERE lookup = ?", (lookup,)).fetchone()
-        current = open_sealed(self._k_enc, lookup, row[0], row[1]) if row else {"kind": kind, "pseudonym": pseudonym}
+        current = open_sealed(self._aead, lookup, row[0], row[1]) if row else {"kind": kind, "pseudonym": pseudonym}
         current.update(original)
-        nonce, ct = seal(self._k_enc, lookup, current)
+        nonce, ct = seal(self._aead, lookup, current)
         self.add_rows([(lookup, kind, nonce, ct)])
 
     def _lookup_key(self, kind: str, pseudonym: str) -> bytes:
@@ -173,7 +173,7 @@ class Vault:
                 key = self._lookup_key(kind, p.strip())
                 row = self._db.execute("SELECT nonce, ciphertext FROM entries WHERE lookup = ?", (key,)).fetchone()
                 if row is not None:
-                    found = open_sealed(self._k_enc, key, row[0], row[1])
+                    found = open_sealed(self._aead, key, row[0], row[1])
                     break
             results.append(found)
         return results

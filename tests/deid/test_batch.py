@@ -12,7 +12,15 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from incisive_lab.deid import LeakScanner, Profile, Secret, Vault, VaultError, deidentify_tree, write_secret_file
+from incisive_lab.deid import (
+    LeakScanner,
+    Profile,
+    Secret,
+    Vault,
+    VaultError,
+    deidentify_tree,
+    write_secret_file,
+)
 from tests.deid import phi
 
 warnings.filterwarnings("ignore", module="pydicom")

@@ -236,7 +236,7 @@ def test_retain_options_keep_what_they_name() -> None:
 def test_safe_private_keeps_exactly_the_listed_attributes_found_by_creator() -> None:
     def move_block(ds: Dataset) -> None:
         # put GEMS_ACQU_01 at block 0x11 instead of 0x10: it must still be found by its creator
-        for tag in [t for t in ds.keys() if t.group == 0x0019]:
+        for tag in [e.tag for e in ds if e.tag.group == 0x0019]:
             del ds[tag]
         ds.add_new(0x00190010, "LO", "ACME PACS 2.1")
         ds.add_new(0x00191023, "DS", "99.9")  # same element byte, other creator: not safe

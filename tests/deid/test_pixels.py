@@ -55,7 +55,7 @@ def test_burned_in_text_is_removed_and_the_image_kept(compress: str | None, corn
 
 
 def test_text_that_is_not_saturated_is_found_by_ocr() -> None:
-    img, boxes = render(value=3000, lines=["QUARLETON ALDOUS 20190314"])
+    img, _boxes = render(value=3000, lines=["QUARLETON ALDOUS 20190314"])
     assert glyph_lines(img.astype(float), 4095.0) == []  # not at the top of the 12-bit range
     status, reason, out, _ = clean(instance(img))
     assert status == "ok", reason

@@ -158,7 +158,7 @@ def test_when_options_collide_the_most_protective_action_wins() -> None:
 def test_incompatible_and_unknown_options_are_refused_naming_them() -> None:
     with pytest.raises(ProfileError, match="retain-longitudinal-full-dates and retain-longitudinal-modified-dates"):
         Profile(["retain-longitudinal-full-dates", "retain-longitudinal-modified-dates"])
-    with pytest.raises(ProfileError, match="retain-uids.*anonymize"):
+    with pytest.raises(ProfileError, match=r"retain-uids.*anonymize"):
         Profile(["retain-uids"], mode="anonymize")
     with pytest.raises(ProfileError, match="unknown de-identification option 'keep-everything'"):
         Profile(["keep-everything"])

@@ -42,8 +42,9 @@ def derive() -> dict[str, Any]:
     for key, attributes in sorted(modules_in.items()):
         types: dict[str, str] = {}
         for attr in attributes:
-            tags = [tag_for_keyword(k) for k in [*attr["path"], attr["keyword"]]]
-            if any(t is None for t in tags):
+            found = [tag_for_keyword(k) for k in [*attr["path"], attr["keyword"]]]
+            tags = [t for t in found if t is not None]
+            if len(tags) != len(found):
                 continue
             try:
                 vr = dictionary_VR(tags[-1])
