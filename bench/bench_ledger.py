@@ -103,8 +103,10 @@ class _Appenders:
 
     def _run(self, k: int) -> None:
         i = k * 10_000_000
-        while not self.stop.is_set():
+        while True:
             self.running.wait()
+            if self.stop.is_set():
+                return
             while self.running.is_set():
                 self.append_one(i)
                 self.counts[k] += 1
@@ -122,11 +124,9 @@ class _Appenders:
         return (sum(self.counts) - before) / (time.perf_counter() - start)
 
     def close(self) -> None:
-        """Stop and join the threads (each finishes the append it is in)."""
+        """Stop and join the threads (called between windows, when all are waiting)."""
         self.stop.set()
-        self.running.set()  # wakes every waiting thread; they see stop after the barrier
-        self.running.clear()
-        self.idle.wait()
+        self.running.set()  # wakes every thread; each sees stop before appending again
         for t in self.pool:
             t.join()
 
