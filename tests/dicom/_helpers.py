@@ -15,7 +15,6 @@ from pydicom.dataset import Dataset
 from pydicom.tag import Tag
 
 SMALL = {"patients": 8, "seed": 7, "sites": ("a", "b", "c")}
-FULL = {"patients": 50, "seed": 0, "sites": ("a", "b", "c")}
 
 
 def load_truth(out: Path) -> dict[str, dict[str, Any]]:

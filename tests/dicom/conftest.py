@@ -1,4 +1,4 @@
-"""Session-scoped synthetic sets: a small one (8 patients) and the full-size one (50)."""
+"""The small session-scoped synthetic set (8 patients); the full-size one is in tests/conftest.py."""
 
 from __future__ import annotations
 
@@ -7,18 +7,11 @@ from pathlib import Path
 import pytest
 
 from incisive_lab.dicom.synth import generate
-from tests.dicom._helpers import FULL, SMALL
+from tests.dicom._helpers import SMALL
 
 
 @pytest.fixture(scope="session")
 def small_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("synth-small") / "set"
     generate(out, progress=False, **SMALL)  # type: ignore[arg-type]
-    return out
-
-
-@pytest.fixture(scope="session")
-def full_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("synth-full") / "set"
-    generate(out, progress=False, **FULL)  # type: ignore[arg-type]
     return out
