@@ -43,7 +43,8 @@ def register(sub: Any) -> None:
     p.add_argument("--option", dest="options", action="extend", nargs="+", default=[], metavar="NAME",
                    choices=_OPTION_NAMES, help="PS3.15 option(s): " + ", ".join(_OPTION_NAMES))
     p.add_argument("--jobs", type=int, default=1, metavar="N", help="worker processes (default: 1)")
-    p.add_argument("--report", metavar="FILE", help="write the JSON report here (default: DST/deid-report.json)")
+    p.add_argument("--report", metavar="FILE", help="write the JSON report here (default: DST/deid-report.json); "
+                   "a readable HTML page is written beside it (same name, .html)")
     p.add_argument("--quarantine", metavar="DIR", help="copy quarantined originals here for review (provider side)")
     p.add_argument("--safe-private", metavar="FILE", help="extra safe private attributes (JSON, see docs/deidentification.md)")
     p.add_argument("--describe", action="store_true", help="print the conformance statement for the options and exit")
@@ -104,7 +105,10 @@ def _deid(args: argparse.Namespace) -> int:
     for f in run.files:
         if f.status in ("failed", "quarantined"):
             print(f"  {f.status}: {f.source}: {f.reason}", file=sys.stderr)
-    print(f"report: {report_path}")
+    from incisive_lab.deid.html_report import write_html_report
+
+    html_path = write_html_report(run, Path(args.dst), report_path.with_suffix(".html"))
+    print(f"report: {report_path} (readable: {html_path})")
     return 1 if c["failed"] else 0
 
 
