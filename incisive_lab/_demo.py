@@ -93,8 +93,9 @@ def _demo(args: argparse.Namespace) -> int:
     print()
     print(f"leaks found in de-identified output: {total_leaks}")
     print(f"de-identified data: {root / 'deid'}   vaults (provider side): {root / 'vaults'}   JSON reports: {root / 'reports'}")
-    print("re-identify a pseudonym (the provider's tool): incisive-lab reidentify --vault "
-          f"{root / 'vaults' / (sites[0] + '.sqlite')} --secret-file {root / 'keys' / (sites[0] + '.key')} PSEUDONYM")
+    print("re-identify a pseudonym (the provider's tool; written to its node's ledger): incisive-lab reidentify "
+          f"--vault {root / 'vaults' / (sites[0] + '.sqlite')} --secret-file {root / 'keys' / (sites[0] + '.key')} "
+          f"--node-dir {root / 'nodes' / sites[0]} --purpose '...' PSEUDONYM")
     return 0 if total_leaks == 0 and all(r[2].counts["failed"] == 0 for r in rows) else 1
 
 

@@ -54,13 +54,19 @@ def register(sub: Any) -> None:
 
     r = sub.add_parser(
         "reidentify",
-        help="map pseudonyms back to the original identifiers (the provider's tool)",
-        description="Look pseudonyms (patient, accession number or UID) up in the vault. Prints JSON; exit 1 "
-        "if any pseudonym is unknown.",
+        help="map pseudonyms back to the original identifiers (the provider's tool; ledgered)",
+        description="Look pseudonyms (patient, accession number or UID) up in the vault. Every lookup, found or "
+        "not, and a refused secret, is written to the node's ledger first. Prints JSON; exit 1 if any "
+        "pseudonym is unknown.",
     )
     r.add_argument("pseudonyms", nargs="+", metavar="PSEUDONYM")
     r.add_argument("--vault", required=True, metavar="VAULT")
     r.add_argument("--secret-file", required=True, metavar="KEY")
+    r.add_argument("--node-dir", required=True, metavar="DIR",
+                   help="the provider's node directory, whose ledger records the re-identification")
+    r.add_argument("--purpose", required=True, help="why (e.g. 'incidental finding, case 2026-17')")
+    r.add_argument("--actor", help="who (default: user:<login name> of this session)")
+    r.add_argument("--case", help="reference of the case or request, recorded with the purpose")
     r.set_defaults(func=_reidentify)
 
     k = sub.add_parser("keygen", help="create a provider secret file (32 random bytes, mode 0600)")
@@ -113,15 +119,14 @@ def _deid(args: argparse.Namespace) -> int:
 
 
 def _reidentify(args: argparse.Namespace) -> int:
-    from incisive_lab.deid.keys import Secret
-    from incisive_lab.deid.vault import Vault
+    from incisive_lab.deid.reidentify import reidentify
 
-    secret = Secret.from_file(args.secret_file)
-    with Vault(args.vault, secret) as vault:
-        found = vault.lookup(args.pseudonyms)
-    out = [{"pseudonym": p, "found": f is not None, **({"original": f} if f else {})} for p, f in zip(args.pseudonyms, found, strict=True)]
-    print(json.dumps(out, indent=1))
-    return 0 if all(found) else 1
+    results = reidentify(
+        args.pseudonyms, vault=args.vault, secret_file=args.secret_file, node_dir=args.node_dir,
+        purpose=args.purpose, actor=args.actor, case=args.case,
+    )
+    print(json.dumps(results, indent=1))
+    return 0 if all(r["found"] for r in results) else 1
 
 
 def _keygen(args: argparse.Namespace) -> int:

@@ -207,10 +207,32 @@ def test_command_line_round_trip(source: Path, tmp_path: Path) -> None:
     report = json.loads((tmp_path / "out" / "deid-report.json").read_text())
     assert report["options"] == ["clean-descriptors", "retain-longitudinal-modified-dates"]
     pseudonym = next(f["patient"] for f in report["files"] if f["status"] == "ok")
-    res = _cli("reidentify", "--vault", str(tmp_path / "v.sqlite"), "--secret-file", str(key), pseudonym, "PSN-UNKNOWN")
-    assert res.returncode == 1  # one pseudonym unknown
+    node = tmp_path / "node"
+    res = _cli("reidentify", "--vault", str(tmp_path / "v.sqlite"), "--secret-file", str(key), "--node-dir", str(node),
+               "--purpose", "incidental finding", "--actor", "user:steward-1", pseudonym, "PSN-UNKNOWN")
+    assert res.returncode == 1, res.stderr  # one pseudonym unknown
     answer = json.loads(res.stdout)
     assert answer[0]["original"]["PatientID"] == "MRN-77120934" and answer[1] == {"pseudonym": "PSN-UNKNOWN", "found": False}
+    # both lookups are on the node's ledger, under the pseudonym, with their outcome
+    from incisive_lab.ledger import Ledger
+
+    with Ledger.open(node, read_only=True) as ledger:
+        entries = [e.event for e in ledger.entries()]
+    assert [(e.kind, e.actor, e.resource, e.outcome.decision, e.purpose) for e in entries] == [
+        ("reidentify", "user:steward-1", f"patient:{pseudonym}", "allowed", "incidental finding"),
+        ("reidentify", "user:steward-1", "pseudonym:PSN-UNKNOWN", "denied", "incidental finding"),
+    ]
+    # a wrong secret is refused, and the refusal is ledgered too
+    other = tmp_path / "other.key"
+    assert _cli("keygen", str(other)).returncode == 0
+    res = _cli("reidentify", "--vault", str(tmp_path / "v.sqlite"), "--secret-file", str(other), "--node-dir", str(node),
+               "--purpose", "test", pseudonym)
+    assert res.returncode == 2 and "does not open vault" in res.stderr
+    with Ledger.open(node, read_only=True) as ledger:
+        last = list(ledger.entries())[-1].event
+    assert (last.resource, last.outcome.decision) == ("vault:v.sqlite", "denied")
+    res = _cli("reidentify", "--vault", str(tmp_path / "v.sqlite"), "--secret-file", str(key), pseudonym)
+    assert res.returncode == 2 and "--node-dir" in res.stderr  # never off the record
     res = _cli("deid", "--describe", "--option", "retain-uids", "--format", "json")
     assert res.returncode == 0 and json.loads(res.stdout)["options"] == ["retain-uids"]
     res = _cli("deid", str(source), str(tmp_path / "x"), "--mode", "anonymize", "--option", "retain-uids")
