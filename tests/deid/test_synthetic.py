@@ -25,7 +25,16 @@ import pydicom
 import pytest
 
 from incisive_lab.cdm.spreadsheet import read_workbook
-from incisive_lab.deid import LeakScanner, Profile, Pseudonymizer, RunReport, Secret, Vault, deidentify_tree, write_secret_file
+from incisive_lab.deid import (
+    LeakScanner,
+    Profile,
+    Pseudonymizer,
+    RunReport,
+    Secret,
+    Vault,
+    deidentify_tree,
+    write_secret_file,
+)
 
 warnings.filterwarnings("ignore", module="pydicom")
 
