@@ -25,6 +25,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from queue import Empty
 from typing import Any
 
 from incisive_lab.deid._engine import Engine, FileResult
@@ -128,9 +129,6 @@ class RunReport:
 
 # --- worker side ---------------------------------------------------------------------------
 
-_worker: _Worker | None = None
-
-
 class _Worker:
     """Holds one engine per process; processes chunks of files."""
 
@@ -141,7 +139,7 @@ class _Worker:
         self.made_dirs: set[Path] = set()
         self.action_ids: dict[tuple[tuple[str, str, str], ...], str] = {}
 
-    def run(self, rels: Sequence[str]) -> tuple[list[FileRecord], dict[str, list[list[str]]], list[tuple[bytes, str, bytes, bytes]]]:
+    def run(self, rels: Sequence[str]) -> ChunkResult:
         records: list[FileRecord] = []
         new_sets: dict[str, list[list[str]]] = {}
         vault_rows: list[tuple[bytes, str, bytes, bytes]] = []
@@ -219,14 +217,90 @@ def _atomic_write(path: Path, parts: Sequence[bytes | memoryview | mmap.mmap], m
     os.replace(tmp, path)
 
 
-def _init_worker(*args: Any) -> None:
-    global _worker
-    _worker = _Worker(*args)
+ChunkResult = tuple[list[FileRecord], dict[str, list[list[str]]], list[tuple[bytes, str, bytes, bytes]]]
 
 
-def _run_chunk(rels: Sequence[str]) -> tuple[list[FileRecord], dict[str, list[list[str]]], list[tuple[bytes, str, bytes, bytes]]]:
-    assert _worker is not None
-    return _worker.run(rels)
+def _next_index(counter: Any) -> int:
+    with counter.get_lock():
+        i = int(counter.value)
+        counter.value = i + 1
+    return i
+
+
+def _child(counter: Any, queue: Any, args: tuple[Any, ...], chunks: list[list[str]]) -> None:
+    """A forked worker: take chunk indices from the shared counter until none are left."""
+    worker = _Worker(*args)
+    while (i := _next_index(counter)) < len(chunks):
+        try:
+            queue.put(("ok", i, worker.run(chunks[i])))
+        except BaseException as exc:  # reported; the parent redoes the chunk and raises there
+            queue.put(("error", i, f"{type(exc).__name__}: {exc}"))
+    queue.put(("done", os.getpid(), None))
+
+
+def _run_chunks(chunks: list[list[str]], jobs: int, args: tuple[Any, ...], absorb: Any) -> None:
+    """Process every chunk with ``jobs`` processes in all: this one and ``jobs - 1`` forked children.
+
+    Every process takes the next chunk from a shared counter, so the load balances
+    itself, and the parent's bookkeeping (results, vault) happens between its own
+    chunks instead of competing with ``jobs`` busy workers. A chunk that a child did
+    not finish (it died, or raised) is done again here, so nothing is lost and a real
+    error surfaces in this process.
+    """
+    worker = _Worker(*args)
+    children = min(jobs, len(chunks)) - 1
+    if children <= 0:
+        for chunk in chunks:
+            absorb(worker.run(chunk))
+        return
+    ctx = multiprocessing.get_context("fork")
+    preload_tables()  # load once here; the children inherit them
+    counter = ctx.Value("q", 0)
+    queue = ctx.Queue()
+    done: set[int] = set()
+    finished = 0
+    # forked children share this heap copy-on-write; freezing it keeps their garbage
+    # collector from touching (and so copying) every inherited page
+    gc.freeze()
+    procs = [ctx.Process(target=_child, args=(counter, queue, args, chunks), daemon=True) for _ in range(children)]
+    try:
+        for proc in procs:
+            proc.start()
+
+        def handle(msg: tuple[str, Any, Any]) -> None:
+            nonlocal finished
+            kind, key, payload = msg
+            if kind == "ok":
+                done.add(key)
+                absorb(payload)
+            elif kind == "done":
+                finished += 1
+
+        while (i := _next_index(counter)) < len(chunks):
+            absorb(worker.run(chunks[i]))
+            done.add(i)
+            while True:
+                try:
+                    handle(queue.get_nowait())
+                except Empty:
+                    break
+        while finished < children:
+            try:
+                handle(queue.get(timeout=0.2))
+            except Empty:
+                if not any(p.is_alive() for p in procs):
+                    break  # a child died without saying so: its chunks are redone below
+        for proc in procs:
+            proc.join()
+    finally:
+        gc.unfreeze()
+        for proc in procs:
+            if proc.is_alive():
+                proc.terminate()
+                proc.join()
+    for i in range(len(chunks)):
+        if i not in done:
+            absorb(worker.run(chunks[i]))
 
 
 # --- driver --------------------------------------------------------------------------------
@@ -345,7 +419,7 @@ def deidentify_tree(
     chunks = _guided_chunks(dicom_rels, jobs)
     pending_vault: list[tuple[bytes, str, bytes, bytes]] = []
 
-    def absorb(result: tuple[list[FileRecord], dict[str, list[list[str]]], list[tuple[bytes, str, bytes, bytes]]]) -> None:
+    def absorb(result: ChunkResult) -> None:
         nonlocal vault_count
         recs, sets, vrows = result
         records.extend(recs)
@@ -359,22 +433,7 @@ def deidentify_tree(
 
     try:
         args = (profile, secret, base, dst_path, qpath, sp, vault_obj is not None)
-        if jobs == 1 or len(chunks) <= 1:
-            worker = _Worker(*args)
-            for chunk in chunks:
-                absorb(worker.run(chunk))
-        else:
-            ctx = multiprocessing.get_context("fork")
-            preload_tables()  # load once here; the forked workers inherit them
-            # forked workers share the parent's heap copy-on-write; freezing it keeps their
-            # garbage collector from touching (and so copying) every inherited page
-            gc.freeze()
-            try:
-                with ctx.Pool(processes=jobs, initializer=_init_worker, initargs=args) as pool:
-                    for result in pool.imap_unordered(_run_chunk, chunks):
-                        absorb(result)
-            finally:
-                gc.unfreeze()
+        _run_chunks(chunks, jobs, args, absorb)
         if vault_obj is not None and pending_vault:
             vault_count += vault_obj.add_rows(pending_vault)
         bar.close()
