@@ -239,3 +239,36 @@ def test_command_line_round_trip(source: Path, tmp_path: Path) -> None:
     assert res.returncode == 2 and "cannot be used with --mode anonymize" in res.stderr
     res = _cli("deid", str(source), str(tmp_path / "x"), "--option", "retain-everything")
     assert res.returncode == 2 and "invalid choice" in res.stderr
+
+
+def test_a_worker_that_dies_loses_nothing(tmp_path: Path, secret_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A child process killed mid-run (say by the OOM killer): its chunks are redone, output complete."""
+    import os
+    import time
+
+    from incisive_lab.deid import batch
+
+    src = tmp_path / "s"
+    src.mkdir()
+    for k, p in enumerate(phi.all_planted()):
+        (src / f"{k:02d}-{p.name}").write_bytes(p.data)
+    secret = Secret.from_file(secret_file)
+    reference = deidentify_tree(src, tmp_path / "ref", profile=Profile([]), secret=secret, jobs=1)
+    parent = os.getpid()
+    real_run = batch._Worker.run
+
+    marker = tmp_path / "a-child-died"
+
+    def dying_run(self, rels):  # type: ignore[no-untyped-def]
+        if os.getpid() != parent:
+            marker.write_text(",".join(rels))
+            os._exit(9)  # the child vanishes without a word, holding its chunk
+        time.sleep(0.05)  # let the child start and take a chunk
+        return real_run(self, rels)
+
+    monkeypatch.setattr(batch, "_MIN_CHUNK", 1)
+    monkeypatch.setattr(batch._Worker, "run", dying_run)
+    run = deidentify_tree(src, tmp_path / "out", profile=Profile([]), secret=secret, jobs=2)
+    assert marker.exists(), "the child took a chunk and died"
+    assert run.as_json(timing=False) == reference.as_json(timing=False)
+    assert tree_digest(tmp_path / "out") == tree_digest(tmp_path / "ref")
