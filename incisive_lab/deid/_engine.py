@@ -228,7 +228,7 @@ class _Parser:
                 if vr == "SQ" or vr == "UN":
                     # an undefined-length UN is a sequence in implicit VR little endian (PS3.5 6.2.2)
                     seq_explicit = explicit and vr == "SQ"
-                    items, vend, el_end = self.items_undefined(vstart, seq_explicit)
+                    items, vend, el_end = self.items(vstart, self.n, seq_explicit, undefined=True)
                     out.append((tag, vr if explicit else "SQ", pos, vstart, vend, el_end, items, True))
                     pos = el_end
                     continue
@@ -244,7 +244,7 @@ class _Parser:
                     f"but only {max(end - vstart, 0)} remain (truncated file)"
                 )
             if vr == "SQ" or (vr == "UN" and explicit and not (tag >> 16) & 1 and self.vr_of(tag) == "SQ"):
-                items = self.items_defined(vstart, vend, explicit and vr == "SQ")
+                items = self.items(vstart, vend, explicit and vr == "SQ", undefined=False)[0]
                 out.append((tag, vr, pos, vstart, vend, vend, items, False))
             else:
                 out.append((tag, vr, pos, vstart, vend, vend, None, False))
@@ -253,52 +253,39 @@ class _Parser:
             raise DeidError("truncated file: missing item delimiter")
         return out, pos
 
-    def items_defined(self, pos: int, end: int, explicit: bool) -> list[Item]:
+    def items(self, pos: int, end: int, explicit: bool, undefined: bool) -> tuple[list[Item], int, int]:
+        """The items of a sequence value starting at ``pos``.
+
+        A defined-length value ends at ``end``; an undefined-length one at its sequence
+        delimiter (``end`` is then ignored). Returns the items, where the value ends and
+        where the element ends.
+        """
         items: list[Item] = []
-        while pos < end:
-            if pos + 8 > end:
-                raise DeidError(f"truncated item header at byte {pos}")
+        limit = self.n if undefined else end
+        while undefined or pos < end:
+            if pos + 8 > limit:
+                raise DeidError("truncated file: sequence without its delimiter" if undefined
+                                else f"truncated item header at byte {pos}")
             tag = self.tag_at(pos)
             ilen = self.u32(self.buf, pos + 4)[0]
-            if tag == SEQ_DELIM:  # tolerated inside a defined-length sequence
-                pos += 8
+            if tag == SEQ_DELIM:
+                if undefined:
+                    return items, pos, pos + 8
+                pos += 8  # tolerated inside a defined-length sequence
                 continue
             if tag != ITEM:
                 raise DeidError(f"expected an item at byte {pos}, found ({tag >> 16:04X},{tag & 0xFFFF:04X})")
             if ilen == UNDEFINED:
-                elems, after = self.dataset(pos + 8, end, explicit, item_undefined=True)
+                elems, after = self.dataset(pos + 8, limit, explicit, item_undefined=True)
                 items.append((elems, pos, pos + 8, after - 8, after, True))
                 pos = after
             else:
-                if pos + 8 + ilen > end:
+                if pos + 8 + ilen > limit:
                     raise DeidError(f"item at byte {pos} overruns its sequence (truncated or corrupt)")
                 elems, _ = self.dataset(pos + 8, pos + 8 + ilen, explicit)
                 items.append((elems, pos, pos + 8, pos + 8 + ilen, pos + 8 + ilen, False))
                 pos += 8 + ilen
-        return items
-
-    def items_undefined(self, pos: int, explicit: bool) -> tuple[list[Item], int, int]:
-        items: list[Item] = []
-        n = self.n
-        while True:
-            if pos + 8 > n:
-                raise DeidError("truncated file: sequence without its delimiter")
-            tag = self.tag_at(pos)
-            ilen = self.u32(self.buf, pos + 4)[0]
-            if tag == SEQ_DELIM:
-                return items, pos, pos + 8
-            if tag != ITEM:
-                raise DeidError(f"expected an item at byte {pos}, found ({tag >> 16:04X},{tag & 0xFFFF:04X})")
-            if ilen == UNDEFINED:
-                elems, after = self.dataset(pos + 8, n, explicit, item_undefined=True)
-                items.append((elems, pos, pos + 8, after - 8, after, True))
-                pos = after
-            else:
-                if pos + 8 + ilen > n:
-                    raise DeidError(f"item at byte {pos} overruns the file (truncated)")
-                elems, _ = self.dataset(pos + 8, pos + 8 + ilen, explicit)
-                items.append((elems, pos, pos + 8, pos + 8 + ilen, pos + 8 + ilen, False))
-                pos += 8 + ilen
+        return items, end, end
 
     def skip_fragments(self, pos: int) -> int:
         """Walk encapsulated fragments; return the position of the sequence delimiter."""
