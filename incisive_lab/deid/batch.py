@@ -122,9 +122,22 @@ class RunReport:
         p = Path(path)
         p.parent.mkdir(parents=True, exist_ok=True)
         tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(self.as_json(), indent=1, sort_keys=False) + "\n", encoding="utf-8")
+        tmp.write_text(_report_text(self.as_json()), encoding="utf-8")
         os.replace(tmp, p)
         return p
+
+
+def _report_text(doc: dict[str, Any]) -> str:
+    """Compact JSON with one line per top-level key and per file (fast to write, easy to grep)."""
+    compact = {"separators": (",", ":"), "ensure_ascii": False}
+    lines = []
+    for key, value in doc.items():
+        if key == "files":
+            rows = ",\n".join(json.dumps(f, **compact) for f in value)  # type: ignore[arg-type]
+            lines.append(f'"files":[\n{rows}\n]')
+        else:
+            lines.append(f"{json.dumps(key)}:{json.dumps(value, **compact)}")  # type: ignore[arg-type]
+    return "{\n" + ",\n".join(lines) + "\n}\n"
 
 
 # --- worker side ---------------------------------------------------------------------------
