@@ -16,13 +16,18 @@ Stored format (version ``incisive-lab-ledger/1``; frozen by the golden-file test
     ledger_checkpoints(size, note)          checkpoints signed by the log key
     ledger_cosignatures(size, name, key_id, line)   witnesses' cosignature lines
 
-Group commit: appends from many threads of one process are queued; whichever thread
-finds no commit in progress becomes the leader and commits everything queued in one
-transaction (one fsync), while the others wait for it. Writers in different processes
-are serialised by the database (SQLite: an ``flock`` on ``<db>.lock`` and ``BEGIN
-IMMEDIATE``; PostgreSQL: ``SELECT ... FOR UPDATE`` on the head row). A call returns
-only after its transaction committed durably (SQLite WAL with ``synchronous=FULL``;
-PostgreSQL with its default ``synchronous_commit``).
+Group commit: appends from many threads of one process are queued; a thread that
+finds no commit in progress commits everything queued in one transaction (one fsync),
+while the others wait for it. If more appends queued meanwhile, it passes the lead to
+the store's committer thread, which commits batch after batch while appenders keep
+queuing, so the commits follow each other without a hand-over between threads: each
+batch is whatever is queued once the committer holds the write lock (it never waits
+for more), and the callers of a batch are woken just before the next batch's commit,
+so that they prepare their next appends during its fsync. Writers in different
+processes are serialised by the database (SQLite: an ``flock`` on ``<db>.lock`` and
+``BEGIN IMMEDIATE``; PostgreSQL: ``SELECT ... FOR UPDATE`` on the head row). A call
+returns only after its transaction committed durably (SQLite WAL with
+``synchronous=FULL``; PostgreSQL with its default ``synchronous_commit``).
 """
 
 from __future__ import annotations
@@ -49,10 +54,13 @@ FORMAT = "incisive-lab-ledger/1"
 Row = tuple[bytes, bytes, str, str, str | None, str]
 
 _CHUNK = 500  # parameters per IN (...) list
-#: Longest a commit leader waits for more appenders to queue (seconds). It waits only
-#: while fewer callers are queued than took part in the previous commit, so a lone
-#: appender never waits.
-GROUP_COMMIT_DELAY = 0.0005
+#: Seconds an idle committer thread waits for work before it ends (the next burst of
+#: concurrent appends starts a new one).
+COMMITTER_IDLE = 1.0
+#: WAL pages after which a SQLite commit also checkpoints the WAL into the database
+#: (SQLite's default is 1,000). Fewer, larger checkpoints copy each often-changed index
+#: page once for many commits; the WAL file grows to about this many 4 KiB pages.
+SQLITE_WAL_AUTOCHECKPOINT = 10_000
 
 
 def _bytes(value: object, what: str) -> bytes:
@@ -60,6 +68,13 @@ def _bytes(value: object, what: str) -> bytes:
     if isinstance(value, bytes | bytearray | memoryview):
         return bytes(value)
     raise StoreError(f"stored {what} is a {type(value).__name__}, not bytes (run verify)")
+
+
+def _wake(tickets: list[_Ticket]) -> None:
+    """Wake the callers waiting on ``tickets`` and empty the list (so each wakes once)."""
+    for ticket in tickets:
+        ticket.wake.release()
+    tickets.clear()
 
 
 class _Ticket:
@@ -93,9 +108,10 @@ class Store:
         self._lock = threading.Lock()          # guards connection bookkeeping
         self._cv = threading.Condition(threading.Lock())  # guards the queue and leadership
         self._queue: list[_Ticket] = []
-        self._leader = False
-        self._leader_waiting = False
-        self._last_batch = 1
+        self._leader = False                    # a thread holds the lead (commits)
+        self._committer: threading.Thread | None = None
+        self._handed = False                    # the lead was passed to the committer
+        self._handoff: list[_Ticket] = []       # ... with these callers still to wake
         self._idle: list[Any] = []              # pooled read connections
         self._conns: list[Any] = []
         self._writer: Any = None
@@ -114,7 +130,14 @@ class Store:
         """Serialise schema creation between processes (inside the init transaction)."""
 
     @contextlib.contextmanager
-    def _process_write_lock(self) -> Iterator[None]:
+    def _process_write_lock(self, waiting: Callable[[], None] | None = None) -> Iterator[None]:
+        """Serialise writers in different processes; call ``waiting`` before blocking.
+
+        Here the database's row lock does it (:meth:`_head_for_update`); whether that
+        will wait is not known in advance, so ``waiting`` is called first.
+        """
+        if waiting is not None:
+            waiting()
         yield
 
     def _begin_write(self, conn: Any) -> None:
@@ -181,7 +204,9 @@ class Store:
             self._writer = None
             self._queue = []
             self._leader = False
-            self._leader_waiting = False
+            self._committer = None
+            self._handed = False
+            self._handoff = []
             self._cv = threading.Condition(threading.Lock())
             self._frontier = None
 
@@ -234,6 +259,9 @@ class Store:
     def close(self) -> None:
         """Close every connection this store opened (in this process)."""
         self._closed = True
+        if os.getpid() == self._pid:
+            with self._cv:
+                self._cv.notify_all()  # an idle committer thread ends now
         with self._lock:
             conns, self._conns, self._idle = self._conns, [], []
         if os.getpid() != self._pid:
@@ -433,7 +461,7 @@ class Store:
 
     def _simple_write(self, sql: str, params: Sequence[Any]) -> None:
         self._check_pid()
-        ticket = self._become_leader()
+        self._become_leader()
         try:
             conn = self._writer_conn()
             with self._process_write_lock():
@@ -445,9 +473,9 @@ class Store:
                     conn.rollback()
                     raise
         finally:
-            self._hand_over(ticket)
+            self._hand_over()
 
-    def _become_leader(self) -> _Ticket:
+    def _become_leader(self) -> None:
         """Queue an empty ticket and wait until it leads (for writes outside appends)."""
         ticket = _Ticket(None)
         with self._cv:
@@ -455,14 +483,13 @@ class Store:
             if not self._leader:
                 self._leader = True
                 self._queue.remove(ticket)
-                return ticket
-        ticket.wake.acquire()  # promoted by the previous leader
+                return
+        ticket.wake.acquire()  # given the lead by the previous leader
         with self._cv:
             self._queue.remove(ticket)
-        return ticket
 
-    def _hand_over(self, own: _Ticket | None) -> None:
-        """Give leadership to the first queued caller, or drop it."""
+    def _hand_over(self) -> None:
+        """Give the lead to the first queued caller, or drop it."""
         with self._cv:
             if self._queue:
                 self._queue[0].wake.release()
@@ -482,12 +509,10 @@ class Store:
         ticket = _Ticket(rows)
         with self._cv:
             self._queue.append(ticket)
-            if self._leader_waiting:
-                self._cv.notify()
             lead = not self._leader
             self._leader = True
         if not lead:
-            ticket.wake.acquire()  # released when committed, or when promoted to leader
+            ticket.wake.acquire()  # released when committed, or when given the lead
         if not ticket.done:
             self._lead(ticket)
         if ticket.error is not None:
@@ -495,50 +520,123 @@ class Store:
         return ticket.first
 
     def _lead(self, own: _Ticket) -> None:
-        """Commit everything queued (own ticket included), wake the callers, hand over."""
+        """Commit what is queued (``own`` included); pass the lead on if more is queued."""
+        unwoken: list[_Ticket] = []
+        passed = False
+        try:
+            batch = self._commit_queued(unwoken)
+            unwoken = [t for t in batch if t is not own]
+            with self._cv:
+                if self._queue and self._queue[0].rows is not None:
+                    passed = self._pass_to_committer(unwoken)
+        finally:
+            if not passed:
+                _wake(unwoken)
+                self._hand_over()
+
+    def _pass_to_committer(self, unwoken: list[_Ticket]) -> bool:
+        """Give the lead to the committer thread (started if needed; called under ``_cv``).
+
+        ``unwoken`` are committed callers the committer wakes before its first commit.
+        Returns False when no thread can be started (the caller hands over instead).
+        """
+        if self._committer is None:
+            thread = threading.Thread(target=self._run_committer, name="ledger-commit",
+                                      daemon=True)
+            try:
+                thread.start()
+            except RuntimeError:  # cannot start a thread: appenders keep leading
+                return False
+            self._committer = thread
+        self._handoff = unwoken
+        self._handed = True
+        self._cv.notify_all()
+        return True
+
+    def _run_committer(self) -> None:
+        """The committer thread: lead whenever given the lead; end when idle or closed."""
+        me = threading.current_thread()
+        try:
+            while True:
+                with self._cv:
+                    self._cv.wait_for(lambda: self._handed or self._closed, COMMITTER_IDLE)
+                    if not self._handed:
+                        if self._committer is me:
+                            self._committer = None  # the next hand-over starts a new one
+                        return
+                    self._handed = False
+                    unwoken, self._handoff = self._handoff, []
+                try:
+                    while True:
+                        batch = self._commit_queued(unwoken)
+                        _wake(unwoken)  # the commit woke them, unless it failed first
+                        unwoken = batch
+                        with self._cv:
+                            if not self._queue or self._queue[0].rows is None:
+                                break  # nothing queued, or a write outside appends waits
+                finally:
+                    _wake(unwoken)
+                    self._hand_over()
+        finally:
+            with self._cv:
+                if self._committer is me:
+                    self._committer = None
+                if self._handed:  # ended by an unexpected error, holding the lead: pass it on
+                    self._handed = False
+                    _wake(self._handoff)
+                    if self._queue:
+                        self._queue[0].wake.release()
+                    else:
+                        self._leader = False
+
+    def _take_batch(self) -> list[_Ticket]:
+        """Remove and return every queued append (writes outside appends stay queued)."""
         with self._cv:
-            want = self._last_batch
-            if len(self._queue) < want:  # more callers were active last time: let them queue
-                self._leader_waiting = True
-                self._cv.wait_for(lambda: len(self._queue) >= want, GROUP_COMMIT_DELAY)
-                self._leader_waiting = False
             batch = [t for t in self._queue if t.rows is not None]
             self._queue = [t for t in self._queue if t.rows is None]
-            self._last_batch = len(batch)
-        try:
-            self._commit(batch)
-        finally:
-            for ticket in batch:
-                if not ticket.done:  # _commit failed before marking
-                    ticket.error = ticket.error or StoreError("append did not complete")
-                    ticket.done = True
-                if ticket is not own:
-                    ticket.wake.release()
-            self._hand_over(own)
+        return batch
 
     def _load_frontier(self, cur: Any, size: int) -> list[bytes]:
+        """Hashes of the perfect subtrees covering ``[0, size)``, left to right.
+
+        Kept from the previous commit of this process; read back (two queries at most)
+        only after another process appended or a commit failed.
+        """
         if self._frontier is not None and self._frontier[0] == size:
             return list(self._frontier[1])
         addrs = perfect_nodes(0, size)
+        found: dict[tuple[int, int], Any] = {}
+        leaf_ids = [i for lvl, i in addrs if lvl == 0]
+        keys = {node_key(lvl, i): (lvl, i) for lvl, i in addrs if lvl > 0}
+        if leaf_ids:
+            cur.execute(self._sql("SELECT idx, leaf FROM ledger_entries WHERE idx IN "
+                                  f"({','.join('?' * len(leaf_ids))})"), leaf_ids)
+            found.update(((0, int(idx)), leaf) for idx, leaf in cur.fetchall())
+        if keys:
+            cur.execute(self._sql("SELECT key, hash FROM ledger_nodes WHERE key IN "
+                                  f"({','.join('?' * len(keys))})"), list(keys))
+            found.update((keys[int(key)], h) for key, h in cur.fetchall())
         out: list[bytes] = []
         for lvl, i in addrs:
-            if lvl == 0:
-                cur.execute(self._sql("SELECT leaf FROM ledger_entries WHERE idx = ?"), (i,))
-            else:
-                cur.execute(self._sql("SELECT hash FROM ledger_nodes WHERE key = ?"),
-                            (node_key(lvl, i),))
-            row = cur.fetchone()
-            if row is None:
+            if (lvl, i) not in found:
                 raise StoreError(f"the stored tree lacks node level {lvl} index {i}: cannot "
                                  "append (run verify)")
-            out.append(_bytes(row[0], f"tree node level {lvl} index {i}"))
+            out.append(_bytes(found[(lvl, i)], f"tree node level {lvl} index {i}"))
         return out
 
-    def _commit(self, batch: list[_Ticket]) -> None:
+    def _commit_queued(self, unwoken: list[_Ticket]) -> list[_Ticket]:
+        """Commit everything queued in one transaction; return the tickets, marked done.
+
+        The batch is taken once this thread holds the write lock, so appends queued while
+        it waited are included. ``unwoken`` (callers of the previous batch, already
+        durable) are woken just before the commit, or before waiting for another
+        process.
+        """
         sha = hashlib.sha256
+        batch: list[_Ticket] = []
         try:
             conn = self._writer_conn()
-            with self._process_write_lock():
+            with self._process_write_lock(lambda: _wake(unwoken)):
                 self._begin_write(conn)
                 try:
                     cur = conn.cursor()
@@ -547,6 +645,7 @@ class Store:
                     if row is None:
                         raise StoreError("ledger head row is missing")
                     size = int(row[0])
+                    batch = self._take_batch()
                     stack = self._load_frontier(cur, size)
                     next_key = internal_node_count(size)
                     entries: list[tuple[Any, ...]] = []
@@ -571,6 +670,7 @@ class Store:
                         cur.executemany(self._sql(
                             "INSERT INTO ledger_nodes (key, hash) VALUES (?, ?)"), nodes)
                     cur.execute(self._sql("UPDATE ledger_head SET size = ? WHERE id = 1"), (i,))
+                    _wake(unwoken)  # they prepare their next appends during this fsync
                     conn.commit()
                 except BaseException:
                     self._frontier = None
@@ -579,12 +679,15 @@ class Store:
                     raise
             self._frontier = (i, stack)
         except BaseException as exc:
+            if not batch:  # failed before taking the batch: the queued callers get the error
+                batch = self._take_batch()
             for ticket in batch:
                 ticket.error = exc
                 ticket.done = True
-            return
+            return batch
         for ticket in batch:
             ticket.done = True
+        return batch
 
     # ----------------------------------------------------------------- verification
     @contextlib.contextmanager
@@ -731,6 +834,8 @@ class SqliteStore(Store):
             mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
             if str(mode).lower() != "wal":
                 conn.execute("PRAGMA journal_mode=WAL")
+            if write:
+                conn.execute(f"PRAGMA wal_autocheckpoint={SQLITE_WAL_AUTOCHECKPOINT:d}")
         conn.execute("PRAGMA synchronous=FULL")
         conn.execute("PRAGMA busy_timeout=60000")
         return conn
@@ -762,11 +867,16 @@ class SqliteStore(Store):
         return stmts
 
     @contextlib.contextmanager
-    def _process_write_lock(self) -> Iterator[None]:
+    def _process_write_lock(self, waiting: Callable[[], None] | None = None) -> Iterator[None]:
         if self._lock_fd is None or self._check_lock_pid():
             self._lock_fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o600)
             self._lock_fd_pid = os.getpid()
-        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:  # another process writes: wake whom we owe first
+            if waiting is not None:
+                waiting()
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
         try:
             yield
         finally:
