@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cache
 from importlib import resources
+from json.encoder import encode_basestring
 from types import MappingProxyType
 from typing import Any, Final
 
@@ -55,6 +56,48 @@ _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), sort_keys
                             allow_nan=False, check_circular=False)
 
 
+def _canonical_text(action: str, actor: str, details: Mapping[str, Any], kind: str,
+                    outcome: Outcome, purpose: str | None, resource: str | None, time: str,
+                    version: int) -> str | None:
+    """The text ``_ENCODER`` makes of an event's envelope, built directly (about 3x faster).
+
+    Only for the plain types validation leaves (``str``, ``int``, ``bool``, lists of
+    ``str``, ``None``); anything else returns None and the caller uses ``_ENCODER``.
+    Keys are written in sorted order and strings escaped by the encoder's own function,
+    so the result is the same text (tested against ``_ENCODER``).
+    """
+    esc = encode_basestring
+    if not (type(action) is str and type(actor) is str and type(kind) is str
+            and type(time) is str and type(version) is int
+            and type(outcome.decision) is str and type(outcome.reason) is str
+            and (purpose is None or type(purpose) is str)
+            and (resource is None or type(resource) is str)):
+        return None
+    items = []
+    for key in sorted(details):
+        if type(key) is not str:
+            return None
+        value = details[key]
+        kind_of = type(value)
+        if kind_of is str:
+            text = esc(value)
+        elif kind_of is bool:
+            text = "true" if value else "false"
+        elif kind_of is int:
+            text = int.__repr__(value)
+        elif kind_of is list and all(type(item) is str for item in value):
+            text = "[" + ",".join(map(esc, value)) + "]"
+        else:
+            return None
+        items.append(esc(key) + ":" + text)
+    return ('{"action":' + esc(action) + ',"actor":' + esc(actor) + ',"details":{'
+            + ",".join(items) + '},"kind":' + esc(kind) + ',"outcome":{"decision":'
+            + esc(outcome.decision) + ',"reason":' + esc(outcome.reason) + '},"purpose":'
+            + ("null" if purpose is None else esc(purpose)) + ',"resource":'
+            + ("null" if resource is None else esc(resource)) + ',"time":' + esc(time)
+            + ',"v":' + int.__repr__(version) + "}")
+
+
 def format_time(value: str | datetime | None) -> str:
     """Normalise a time to the ledger's form: RFC 3339, UTC, microseconds, ``Z``.
 
@@ -66,8 +109,8 @@ def format_time(value: str | datetime | None) -> str:
     >>> format_time("2025-03-01T10:00:00+01:00")
     '2025-03-01T09:00:00.000000Z'
     """
-    if value is None:
-        return datetime.now(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
+    if value is None:  # "+00:00" -> "Z"
+        return datetime.now(UTC).isoformat(timespec="microseconds")[:-6] + "Z"
     if isinstance(value, datetime):
         moment = value
     elif isinstance(value, str):
@@ -259,6 +302,19 @@ def _registry() -> Mapping[str, Mapping[int, EventSchema]]:
     return MappingProxyType(registry)
 
 
+@cache
+def _newest() -> Mapping[str, EventSchema]:
+    """The newest schema of each kind (what an event without a version is checked against)."""
+    return MappingProxyType({kind: versions[max(versions)]
+                             for kind, versions in _registry().items()})
+
+
+@cache
+def _required_details(kind: str, version: int) -> tuple[str, ...]:
+    """Names of the details a schema requires, in schema order."""
+    return tuple(k for k, spec in event_schema(kind, version).details.items() if spec.required)
+
+
 def event_kinds() -> tuple[str, ...]:
     """Names of every registered event kind, sorted."""
     return tuple(sorted(_registry()))
@@ -376,12 +432,59 @@ class Event:
     version: int | None = None
 
     def __post_init__(self) -> None:
-        schema = event_schema(self.kind, self.version)
+        kind = self.kind
+        schema = (_newest().get(kind) if self.version is None and type(kind) is str
+                  else None) or event_schema(kind, self.version)
         set_ = object.__setattr__
         set_(self, "version", schema.version)
-        set_(self, "time", format_time(self.time))
+        when = format_time(self.time)
+        set_(self, "time", when)
         if type(self.outcome) is not Outcome:
             set_(self, "outcome", Outcome.coerce(self.outcome))
+        actor, action, resource, purpose = self.actor, self.action, self.resource, self.purpose
+        if not (type(actor) is str and type(action) is str and type(resource) is str
+                and type(purpose) is str and actor and action and resource and purpose
+                and len(actor) <= _MAX_ID and len(action) <= _MAX_ID
+                and len(resource) <= _MAX_ID and len(purpose) <= _MAX_ID
+                and not _CONTROL.search(actor + action + resource + purpose)):
+            self._check_identifiers(schema)  # the usual case (all four fine) skips this
+        if self.action not in schema.actions:
+            raise EventError(f"action {self.action!r} is not an action of {self.kind!r} events "
+                             f"(allowed: {', '.join(schema.actions)})")
+        raw = self.details
+        if type(raw) is not dict and not isinstance(raw, Mapping):
+            raise EventError("details must be a mapping")
+        specs = schema.details
+        unknown = [k for k in raw if k not in specs]
+        if unknown:
+            raise EventError(f"unknown detail(s) for {self.kind!r} v{schema.version}: "
+                             f"{', '.join(sorted(map(str, unknown)))} "
+                             f"(allowed: {', '.join(specs) or 'none'})")
+        details = {}
+        for key, value in raw.items():
+            if value is not None:
+                details[key] = _check_detail(specs[key], value)
+        required = _required_details(schema.kind, schema.version)
+        missing = [k for k in required if k not in details]
+        if missing:
+            raise EventError(f"{self.kind!r} events need detail(s): {', '.join(missing)}")
+        set_(self, "details", MappingProxyType(details))
+        outcome = self.outcome
+        assert isinstance(outcome, Outcome)
+        try:
+            text = _canonical_text(self.action, self.actor, details, self.kind, outcome,
+                                   self.purpose, self.resource, when, schema.version)
+            if text is None:
+                text = _ENCODER.encode(self._envelope(details))
+            data = text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise EventError(f"event text is not valid Unicode: {exc}") from exc
+        if len(data) > _MAX_ENTRY:
+            raise EventError(f"event is {len(data)} bytes; at most {_MAX_ENTRY} are allowed")
+        set_(self, "_data", data)
+
+    def _check_identifiers(self, schema: EventSchema) -> None:
+        """Check actor, action, resource and purpose one by one (empty ones become None)."""
         fields = schema.fields
         for name, value in (("actor", self.actor), ("action", self.action),
                             ("resource", self.resource), ("purpose", self.purpose)):
@@ -390,36 +493,11 @@ class Event:
                     raise EventError(f"{name} must be a string")
                 if fields[name].required:
                     raise EventError(f"{self.kind} events need a non-empty {name}")
-                set_(self, name, None)
+                object.__setattr__(self, name, None)
             elif not isinstance(value, str):
                 raise EventError(f"{name} must be a string")
             elif len(value) > _MAX_ID or _CONTROL.search(value):
                 _check_text(value, name, _MAX_ID, identifier=True)
-        if self.action not in schema.actions:
-            raise EventError(f"action {self.action!r} is not an action of {self.kind!r} events "
-                             f"(allowed: {', '.join(schema.actions)})")
-        if not isinstance(self.details, Mapping):
-            raise EventError("details must be a mapping")
-        unknown = [k for k in self.details if k not in schema.details]
-        if unknown:
-            raise EventError(f"unknown detail(s) for {self.kind!r} v{schema.version}: "
-                             f"{', '.join(sorted(map(str, unknown)))} "
-                             f"(allowed: {', '.join(schema.details) or 'none'})")
-        details = {}
-        for key, value in self.details.items():
-            if value is not None:
-                details[key] = _check_detail(schema.details[key], value)
-        missing = [k for k, spec in schema.details.items() if spec.required and k not in details]
-        if missing:
-            raise EventError(f"{self.kind!r} events need detail(s): {', '.join(missing)}")
-        set_(self, "details", MappingProxyType(details))
-        try:
-            data = _ENCODER.encode(self._envelope(details)).encode("utf-8")
-        except UnicodeEncodeError as exc:
-            raise EventError(f"event text is not valid Unicode: {exc}") from exc
-        if len(data) > _MAX_ENTRY:
-            raise EventError(f"event is {len(data)} bytes; at most {_MAX_ENTRY} are allowed")
-        set_(self, "_data", data)
 
     def _envelope(self, details: Mapping[str, Any]) -> dict[str, Any]:
         assert isinstance(self.outcome, Outcome)

@@ -158,3 +158,40 @@ def test_events_are_immutable() -> None:
         ev.actor = "someone else"  # type: ignore[misc]
     with pytest.raises(TypeError):
         ev.details["instances"] = 99  # type: ignore[index]
+
+
+def _encoder_bytes(event: Event) -> bytes:
+    """What the general JSON encoder makes of an event (the definition of canonical)."""
+    from incisive_lab.ledger._events import _ENCODER
+
+    return _ENCODER.encode(event.to_dict()).encode("utf-8")
+
+
+class _Str(str):
+    """A str subclass: events built from one take the general encoder's path."""
+
+
+def test_canonical_bytes_are_the_json_encoders_bytes() -> None:
+    """The direct builder of canonical text writes exactly what the JSON encoder writes."""
+    from . import make_golden
+
+    awkward = ['"quoted" \\ back\\slash', "tab\tnew\nline\r\x08\x0c", "\x7f del, é, 拒否, 🙂",
+               "\u2028\u2029 separators", "</script>", ""]
+    events = list(make_golden.golden_events())
+    for i, text in enumerate(awkward):
+        events.append(Event(kind="access", actor=f"user:a{i}@idp", action="view",
+                            resource="dataset:x/" + text.replace("\n", " ").replace("\t", " ")
+                            .replace("\r", " ").replace("\x08", " ").replace("\x0c", " ")
+                            .replace("\x7f", " "),
+                            purpose="research:p", outcome=Outcome.deny(text or "no"),
+                            details={"via": text, "instances": -(2**53 - 1) + i,
+                                     "grant": None}, time="0999-01-01T00:00:00Z"))
+        events.append(Event(kind="login", actor="user:b@idp", action="login",
+                            outcome=Outcome.allow(text),
+                            details={"amr": [text, "pwd", text], "address": text}))
+    events.append(make_event(3, details={}))
+    events.append(Event(kind="access", actor=_Str("user:c@idp"), action="view",
+                        resource="dataset:x", purpose="research:p", outcome=Outcome.allow()))
+    for event in events:
+        assert event.to_bytes() == _encoder_bytes(event), event
+        assert Event.from_bytes(event.to_bytes()) == event
