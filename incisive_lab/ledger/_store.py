@@ -599,29 +599,25 @@ class Store:
     def _load_frontier(self, cur: Any, size: int) -> list[bytes]:
         """Hashes of the perfect subtrees covering ``[0, size)``, left to right.
 
-        Kept from the previous commit of this process; read back (two queries at most)
-        only after another process appended or a commit failed.
+        Kept from the previous commit of this process; read back only after another
+        process appended or a commit failed. (One indexed read per node: measured faster
+        with several appending processes than one ``IN (...)`` read of them all.)
         """
         if self._frontier is not None and self._frontier[0] == size:
             return list(self._frontier[1])
         addrs = perfect_nodes(0, size)
-        found: dict[tuple[int, int], Any] = {}
-        leaf_ids = [i for lvl, i in addrs if lvl == 0]
-        keys = {node_key(lvl, i): (lvl, i) for lvl, i in addrs if lvl > 0}
-        if leaf_ids:
-            cur.execute(self._sql("SELECT idx, leaf FROM ledger_entries WHERE idx IN "
-                                  f"({','.join('?' * len(leaf_ids))})"), leaf_ids)
-            found.update(((0, int(idx)), leaf) for idx, leaf in cur.fetchall())
-        if keys:
-            cur.execute(self._sql("SELECT key, hash FROM ledger_nodes WHERE key IN "
-                                  f"({','.join('?' * len(keys))})"), list(keys))
-            found.update((keys[int(key)], h) for key, h in cur.fetchall())
         out: list[bytes] = []
         for lvl, i in addrs:
-            if (lvl, i) not in found:
+            if lvl == 0:
+                cur.execute(self._sql("SELECT leaf FROM ledger_entries WHERE idx = ?"), (i,))
+            else:
+                cur.execute(self._sql("SELECT hash FROM ledger_nodes WHERE key = ?"),
+                            (node_key(lvl, i),))
+            row = cur.fetchone()
+            if row is None:
                 raise StoreError(f"the stored tree lacks node level {lvl} index {i}: cannot "
                                  "append (run verify)")
-            out.append(_bytes(found[(lvl, i)], f"tree node level {lvl} index {i}"))
+            out.append(_bytes(row[0], f"tree node level {lvl} index {i}"))
         return out
 
     def _commit_queued(self, unwoken: list[_Ticket]) -> list[_Ticket]:
