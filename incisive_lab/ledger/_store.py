@@ -632,7 +632,7 @@ class Store:
         batch: list[_Ticket] = []
         try:
             conn = self._writer_conn()
-            with self._process_write_lock(lambda: _wake(unwoken)):
+            with self._process_write_lock((lambda: _wake(unwoken)) if unwoken else None):
                 self._begin_write(conn)
                 try:
                     cur = conn.cursor()
@@ -867,12 +867,14 @@ class SqliteStore(Store):
         if self._lock_fd is None or self._check_lock_pid():
             self._lock_fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o600)
             self._lock_fd_pid = os.getpid()
-        try:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:  # another process writes: wake whom we owe first
-            if waiting is not None:
-                waiting()
+        if waiting is None:
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+        else:
+            try:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:  # another process writes: wake whom we owe first
+                waiting()
+                fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
         try:
             yield
         finally:
