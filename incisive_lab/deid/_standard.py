@@ -202,15 +202,22 @@ def iod_attribute_types(iod: str) -> Mapping[tuple[int, ...], str]:
     Where an attribute appears in several modules the strictest Type wins (1 before 1C
     before 2 before 2C before 3), which keeps the de-identified instance conformant.
     """
-    doc = _iod_document()
     out: dict[tuple[int, ...], str] = {}
-    for module in doc["iod_modules"].get(iod, ()):
-        for path, kind in doc["module_types"][module].items():
-            key = tuple(int(p, 16) for p in path.split(">"))
+    for module in _iod_document()["iod_modules"].get(iod, ()):
+        for key, kind in _module_types(module):
             old = out.get(key)
             if old is None or _TYPE_RANK[kind] < _TYPE_RANK[old]:
                 out[key] = kind
     return out
+
+
+@cache
+def _module_types(module: str) -> tuple[tuple[tuple[int, ...], str], ...]:
+    """One module's (tag path, Type) pairs, parsed once for every IOD that uses the module."""
+    return tuple(
+        (tuple(int(p, 16) for p in path.split(">")), kind)
+        for path, kind in _iod_document()["module_types"][module].items()
+    )
 
 
 # --- data dictionary ---------------------------------------------------------------------

@@ -29,7 +29,6 @@ from queue import Empty
 from typing import Any
 
 from incisive_lab.deid._engine import Engine, FileResult
-from incisive_lab.deid._standard import preload_tables
 from incisive_lab.deid.keys import Secret
 from incisive_lab.deid.profile import Mode, Profile
 from incisive_lab.deid.vault import Vault
@@ -260,14 +259,13 @@ def _run_chunks(chunks: list[list[str]], jobs: int, args: tuple[Any, ...], absor
     not finish (it died, or raised) is done again here, so nothing is lost and a real
     error surfaces in this process.
     """
-    worker = _Worker(*args)
     children = min(jobs, len(chunks)) - 1
     if children <= 0:
+        worker = _Worker(*args)
         for chunk in chunks:
             absorb(worker.run(chunk))
         return
     ctx = multiprocessing.get_context("fork")
-    preload_tables()  # load once here; the children inherit them
     counter = ctx.Value("q", 0)
     queue = ctx.Queue()
     done: set[int] = set()
@@ -279,6 +277,9 @@ def _run_chunks(chunks: list[list[str]], jobs: int, args: tuple[Any, ...], absor
     try:
         for proc in procs:
             proc.start()
+        # the children are already at work: this process builds its engine (tables,
+        # profile decisions) at the same time as they build theirs, not before them
+        worker = _Worker(*args)
 
         def handle(msg: tuple[str, Any, Any]) -> None:
             nonlocal finished
@@ -311,8 +312,10 @@ def _run_chunks(chunks: list[list[str]], jobs: int, args: tuple[Any, ...], absor
             if proc.is_alive():
                 proc.terminate()
                 proc.join()
-    for i in range(len(chunks)):
-        if i not in done:
+    missed = [i for i in range(len(chunks)) if i not in done]
+    if missed:
+        worker = _Worker(*args)
+        for i in missed:
             absorb(worker.run(chunks[i]))
 
 
