@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import gzip
+import io
 import json
 import re
+import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cache
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,8 @@ from pydicom.datadict import DicomDictionary, RepeatersDictionary, tag_for_keywo
 
 from incisive_lab.errors import IncisiveLabError
 
-_PKG = "incisive_lab.deid.standard"
+#: the tables ship inside the package (a plain folder: the package is never imported from a zip)
+_DIR = Path(__file__).with_name("standard")
 
 #: Every Value Representation of PS3.5.
 ALL_VRS: tuple[str, ...] = (
@@ -29,7 +30,7 @@ ACTION_CODES = frozenset({"D", "Z", "X", "K", "C", "U", "Z/D", "X/Z", "X/D", "X/
 
 
 def _read_text(name: str) -> str:
-    return resources.files(_PKG).joinpath(name).read_text(encoding="utf-8")
+    return (_DIR / name).read_text(encoding="utf-8")
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,10 +177,21 @@ def descriptor_vocabulary() -> frozenset[str]:
 _TYPE_RANK = {"1": 0, "1C": 1, "2": 2, "2C": 3, "3": 4}
 
 
+_IOD_ARCHIVE = "iod_attribute_types.zip"
+_IOD_FORMAT = "incisive-iod-attribute-types/3"
+
+
+@cache
+def _iod_archive() -> zipfile.ZipFile:
+    return zipfile.ZipFile(io.BytesIO((_DIR / _IOD_ARCHIVE).read_bytes()))
+
+
 @cache
 def _iod_document() -> dict[str, Any]:
-    raw = resources.files(_PKG).joinpath("iod_attribute_types.json.gz").read_bytes()
-    doc: dict[str, Any] = json.loads(gzip.decompress(raw))
+    """The archive's index: SOP Class -> IOD, IOD -> modules (all, and mandatory)."""
+    doc: dict[str, Any] = json.loads(_iod_archive().read("index.json"))
+    if doc.get("format") != _IOD_FORMAT:
+        raise IncisiveLabError(f"{_IOD_ARCHIVE}: unknown format {doc.get('format')!r} (expected {_IOD_FORMAT})")
     return doc
 
 
@@ -216,7 +228,7 @@ def _module_types(module: str) -> tuple[tuple[tuple[int, ...], str], ...]:
     """One module's (tag path, Type) pairs, parsed once for every IOD that uses the module."""
     return tuple(
         (tuple(int(p, 16) for p in path.split(">")), kind)
-        for path, kind in _iod_document()["module_types"][module].items()
+        for path, kind in json.loads(_iod_archive().read(f"modules/{module}.json")).items()
     )
 
 

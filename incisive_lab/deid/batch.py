@@ -126,16 +126,18 @@ class RunReport:
         return p
 
 
+_COMPACT = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
 def _report_text(doc: dict[str, Any]) -> str:
     """Compact JSON with one line per top-level key and per file (fast to write, easy to grep)."""
-    compact = {"separators": (",", ":"), "ensure_ascii": False}
     lines = []
     for key, value in doc.items():
         if key == "files":
-            rows = ",\n".join(json.dumps(f, **compact) for f in value)  # type: ignore[arg-type]
+            rows = ",\n".join(map(_COMPACT, value))
             lines.append(f'"files":[\n{rows}\n]')
         else:
-            lines.append(f"{json.dumps(key)}:{json.dumps(value, **compact)}")  # type: ignore[arg-type]
+            lines.append(f"{_COMPACT(key)}:{_COMPACT(value)}")
     return "{\n" + ",\n".join(lines) + "\n}\n"
 
 
