@@ -176,7 +176,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--work", type=Path, default=RESULTS / "work-deid")
     parser.add_argument("--out-dir", type=Path, default=None, help="where tools write (default: tmpfs if available)")
-    parser.add_argument("--repeat", type=int, default=3, help="runs of ours --jobs 1/2 (median)")
+    parser.add_argument("--repeat", type=int, default=5, help="runs of ours --jobs 1/2 (median)")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
     import logging
