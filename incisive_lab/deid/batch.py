@@ -348,6 +348,17 @@ def _walk(src: Path, exclude: Sequence[Path]) -> Iterator[str]:
             yield name if rel_root == "." else f"{rel_root}/{name}".replace(os.sep, "/")
 
 
+def _checked_files(src: Path, files: Sequence[str]) -> list[str]:
+    rels = []
+    for rel in dict.fromkeys(files):  # once each, in the given order
+        if rel.startswith("/") or ".." in rel.split("/") or "\\" in rel:
+            raise IncisiveLabError(f"files=: {rel!r} is not a relative path inside {src}")
+        if not (src / rel).is_file():
+            raise IncisiveLabError(f"files=: {rel!r} is not a file under {src}")
+        rels.append(rel)
+    return rels
+
+
 def deidentify_tree(
     src: str | os.PathLike[str],
     dst: str | os.PathLike[str],
@@ -360,6 +371,7 @@ def deidentify_tree(
     quarantine: str | os.PathLike[str] | None = None,
     safe_private: str | os.PathLike[str] | None = None,
     progress: bool | None = None,
+    files: Sequence[str] | None = None,
 ) -> RunReport:
     """De-identify every file under ``src`` into ``dst``.
 
@@ -385,6 +397,10 @@ def deidentify_tree(
         Extra safe-private table (JSON).
     progress : bool, optional
         Show a progress bar (default: when stderr is a terminal).
+    files : sequence of str, optional
+        Only these paths, relative to ``src`` with ``/`` separators (e.g. what curation did
+        not quarantine); default: every file under ``src``. A path that is absent, or
+        that leaves ``src``, is an error.
 
     Returns
     -------
@@ -415,7 +431,11 @@ def deidentify_tree(
     elif secret is None:
         raise IncisiveLabError("--mode pseudonymize needs the provider's secret (--secret-file)")
 
-    if src_path.is_file():
+    if files is not None:
+        if not src_path.is_dir():
+            raise IncisiveLabError(f"files= needs a source folder; {src_path} is not one")
+        base, rels = src_path, _checked_files(src_path, files)
+    elif src_path.is_file():
         base, rels = src_path.parent, [src_path.name]
     else:
         exclude = [p.resolve() for p in (dst_path, Path(quarantine) if quarantine else None) if p is not None]

@@ -152,6 +152,21 @@ def test_bad_arguments_fail_before_writing(source: Path, secret_file: Path, tmp_
     assert not (tmp_path / "o").exists()
 
 
+def test_files_restricts_the_run_to_the_given_paths(source: Path, secret_file: Path, tmp_path: Path) -> None:
+    """Ingest passes what curation did not quarantine: only those files are read and written."""
+    secret = Secret.from_file(secret_file)
+    everything = sorted(p.relative_to(source).as_posix() for p in source.rglob("*.dcm") if p.name != "truncated.dcm")
+    chosen = everything[::2]
+    run = deidentify_tree(source, tmp_path / "o", profile=Profile([]), secret=secret, files=chosen)
+    assert sorted(f.source for f in run.files) == sorted(chosen)
+    assert len(list((tmp_path / "o").rglob("*.dcm"))) == sum(f.status == "ok" for f in run.files)
+    for bad, why in [("../escape.dcm", "not a relative path"), ("/etc/passwd", "not a relative path"),
+                     ("missing.dcm", "is not a file")]:
+        with pytest.raises(Exception, match=why):
+            deidentify_tree(source, tmp_path / "x", profile=Profile([]), secret=secret, files=[bad])
+    assert not (tmp_path / "x").exists()
+
+
 def test_unreadable_file_is_reported(tmp_path: Path, secret_file: Path) -> None:
     """A file that cannot be read (a dangling link; tests run as root, so permissions would not stop it)."""
     src = tmp_path / "s"
