@@ -1,0 +1,379 @@
+"""The node's FHIR store: resources as canonical JSON in the node database.
+
+Resources arrive as JSON-able dicts already validated by the clinical ETL
+(:mod:`incisive_lab.cdm`). Each is stored once per ``(resourceType, id)`` in canonical JSON
+(sorted keys, compact, UTF-8) **without** ``meta.versionId``/``meta.lastUpdated``; those
+live in their own columns and are put back by :meth:`FhirStore.get` and
+:meth:`FhirStore.search`. A put of the same content is a no-op (no new version); a put of
+changed content bumps ``versionId`` and ``lastUpdated``. Only the current version is kept.
+
+Besides the JSON, each row holds what searches need: the patient reference
+(``Patient/<id>`` for a Patient, else the ``subject``/``patient`` reference), the type's
+main date (for ``_sort=date`` and date ranges) and the tokens of ``code``, ``category``
+and ``modality`` (for ``code=system|code``).
+
+Examples
+--------
+>>> store.fhir.put({"resourceType": "Patient", "id": "p1", "gender": "female"})  # doctest: +SKIP
+PutResult(resource_type='Patient', id='p1', version_id=1, created=True, changed=True)
+>>> store.fhir.search("Condition", patient="p1")                                 # doctest: +SKIP
+[{'resourceType': 'Condition', ...}]
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, Engine, Select, and_, delete, exists, func, select, update
+
+from incisive_lab.node._db import StoreError, chunks, fhir_table, fhir_tokens_table, insert_ignore
+
+__all__ = ["FhirStore", "PutResult", "canonical_json", "fhir_table", "fhir_tokens_table"]
+
+_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
+_TYPE = re.compile(r"[A-Z][A-Za-z]{1,63}")
+#: Where the main date of a resource is looked for, in order (first found wins).
+_DATE_PATHS: tuple[tuple[str, ...], ...] = (
+    ("effectiveDateTime",), ("effectiveInstant",), ("effectivePeriod", "start"),
+    ("onsetDateTime",), ("onsetPeriod", "start"), ("performedDateTime",),
+    ("performedPeriod", "start"), ("occurrenceDateTime",), ("occurenceDateTime",),
+    ("started",), ("dateTime",), ("date",), ("recordedDate",), ("issued",),
+    ("authoredOn",), ("dateAsserted",), ("birthDate",),
+)
+_TOKEN_PARAMS = {"code": "code", "medicationCodeableConcept": "code", "category": "category",
+                 "modality": "modality"}
+
+
+def canonical_json(obj: Any) -> str:
+    """The canonical JSON text of ``obj``: sorted keys, no spaces, UTF-8 characters kept."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                      allow_nan=False)
+
+
+def _now() -> str:
+    now = dt.datetime.now(dt.UTC)
+    return now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"
+
+
+@dataclass(frozen=True, slots=True)
+class PutResult:
+    """The outcome of one put: the stored version, whether it is new or changed."""
+
+    resource_type: str
+    id: str
+    version_id: int
+    created: bool
+    changed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    resource_type: str
+    id: str
+    content: str
+    sha256: str
+    patient_ref: str | None
+    date: str | None
+    tokens: tuple[tuple[str, str, str], ...]
+
+
+def _patient_ref(res: Mapping[str, Any]) -> str | None:
+    if res["resourceType"] == "Patient":
+        return f"Patient/{res['id']}"
+    for key in ("subject", "patient", "beneficiary"):
+        ref = res.get(key)
+        if isinstance(ref, Mapping):
+            text = ref.get("reference")
+            if isinstance(text, str) and text.startswith("Patient/"):
+                return text
+    return None
+
+
+def _main_date(res: Mapping[str, Any]) -> str | None:
+    for path in _DATE_PATHS:
+        value: Any = res
+        for key in path:
+            value = value.get(key) if isinstance(value, Mapping) else None
+        if isinstance(value, str) and value:
+            return value
+    return None
+
+
+def _codings(value: Any) -> Iterable[Mapping[str, Any]]:
+    items = value if isinstance(value, list) else [value]
+    for item in items:
+        if not isinstance(item, Mapping):
+            continue
+        if "coding" in item and isinstance(item["coding"], list):
+            yield from (c for c in item["coding"] if isinstance(c, Mapping))
+        elif "code" in item:  # a bare Coding (ImagingStudy.modality)
+            yield item
+
+
+def _tokens(res: Mapping[str, Any]) -> tuple[tuple[str, str, str], ...]:
+    found: set[tuple[str, str, str]] = set()
+    for key, param in _TOKEN_PARAMS.items():
+        if key in res:
+            for coding in _codings(res[key]):
+                code = coding.get("code")
+                if isinstance(code, str) and code:
+                    system = coding.get("system")
+                    found.add((param, system if isinstance(system, str) else "", code))
+    return tuple(sorted(found))
+
+
+def _prepare(resource: Mapping[str, Any]) -> _Prepared:
+    if not isinstance(resource, Mapping):
+        raise StoreError(f"FHIR resource must be a JSON object, not {type(resource).__name__}")
+    rtype, rid = resource.get("resourceType"), resource.get("id")
+    if not isinstance(rtype, str) or not _TYPE.fullmatch(rtype):
+        raise StoreError(f"FHIR resource: resourceType {rtype!r} is missing or invalid")
+    if not isinstance(rid, str) or not _ID.fullmatch(rid):
+        raise StoreError(f"FHIR {rtype}: id {rid!r} is missing or not a FHIR id "
+                         "(1-64 of A-Z a-z 0-9 - .)")
+    body = dict(resource)
+    meta = body.get("meta")
+    if isinstance(meta, Mapping):
+        meta = {k: v for k, v in meta.items() if k not in ("versionId", "lastUpdated")}
+        if meta:
+            body["meta"] = meta
+        else:
+            del body["meta"]
+    try:
+        content = canonical_json(body)
+    except (TypeError, ValueError) as exc:
+        raise StoreError(f"FHIR {rtype}/{rid}: not JSON-able: {exc}") from None
+    return _Prepared(rtype, rid, content, hashlib.sha256(content.encode()).hexdigest(),
+                     _patient_ref(body), _main_date(body), _tokens(body))
+
+
+def _patient_ref_arg(patient: str) -> str:
+    return patient if patient.startswith("Patient/") else f"Patient/{patient}"
+
+
+class FhirStore:
+    """FHIR resources of a node (use :attr:`NodeStore.fhir`).
+
+    Parameters
+    ----------
+    engine
+        The node database's engine (schema already prepared).
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    def put(self, resource: Mapping[str, Any], *, dataset: str | None = None) -> PutResult:
+        """Create or update one resource (see :meth:`put_many`)."""
+        return self.put_many([resource], dataset=dataset)[0]
+
+    def put_many(self, resources: Iterable[Mapping[str, Any]], *,
+                 dataset: str | None = None) -> list[PutResult]:
+        """Create or update resources in one transaction.
+
+        A resource whose canonical content equals the stored one is left alone (same
+        ``versionId``, same ``lastUpdated``); a changed one gets ``versionId + 1``. When
+        the same ``(resourceType, id)`` appears twice in the batch the last one counts.
+
+        Parameters
+        ----------
+        resources
+            FHIR resources as JSON-able dicts (``resourceType`` and ``id`` required).
+        dataset
+            The dataset the resources belong to (kept with each row; ``None`` keeps a
+            stored row's dataset).
+
+        Returns
+        -------
+        list of PutResult
+            One per distinct resource, in first-seen order.
+
+        Raises
+        ------
+        StoreError
+            A resource without a valid ``resourceType``/``id`` or not JSON-able (the
+            message names it). Nothing of the batch is written.
+        """
+        batch: dict[tuple[str, str], _Prepared] = {}
+        for res in resources:
+            prep = _prepare(res)
+            batch[(prep.resource_type, prep.id)] = prep
+        if not batch:
+            return []
+        results: list[PutResult] = []
+        now = _now()
+        t = fhir_table
+        with self._engine.connect().execution_options(write=True) as conn, conn.begin():
+            stored: dict[tuple[str, str], tuple[int, str]] = {}
+            by_type: dict[str, list[str]] = {}
+            for rtype, rid in batch:
+                by_type.setdefault(rtype, []).append(rid)
+            for rtype, ids in by_type.items():
+                for part in chunks(ids, 500):
+                    for row in conn.execute(select(t.c.id, t.c.version_id, t.c.sha256).where(
+                            t.c.resource_type == rtype, t.c.id.in_(part))):
+                        stored[(rtype, row.id)] = (row.version_id, row.sha256)
+            new_rows: list[dict[str, Any]] = []
+            changed: list[_Prepared] = []
+            for key, prep in batch.items():
+                if key not in stored:
+                    new_rows.append({"resource_type": prep.resource_type, "id": prep.id,
+                                     "version_id": 1, "last_updated": now,
+                                     "patient_ref": prep.patient_ref, "dataset": dataset,
+                                     "date": prep.date, "content": prep.content,
+                                     "sha256": prep.sha256})
+                    results.append(PutResult(prep.resource_type, prep.id, 1, True, True))
+                    continue
+                version, sha = stored[key]
+                if sha == prep.sha256:
+                    results.append(PutResult(prep.resource_type, prep.id, version, False, False))
+                    continue
+                values: dict[str, Any] = {
+                    "version_id": version + 1, "last_updated": now,
+                    "patient_ref": prep.patient_ref, "date": prep.date,
+                    "content": prep.content, "sha256": prep.sha256}
+                if dataset is not None:
+                    values["dataset"] = dataset
+                conn.execute(update(t).where(t.c.resource_type == prep.resource_type,
+                                             t.c.id == prep.id).values(**values))
+                changed.append(prep)
+                results.append(PutResult(prep.resource_type, prep.id, version + 1, False, True))
+            if new_rows:
+                conn.execute(insert_ignore(conn, t), new_rows)
+            self._write_tokens(conn, [p for k, p in batch.items() if k not in stored], changed)
+        return results
+
+    @staticmethod
+    def _write_tokens(conn: Connection, new: Sequence[_Prepared],
+                      changed: Sequence[_Prepared]) -> None:
+        tt = fhir_tokens_table
+        for prep in changed:
+            conn.execute(delete(tt).where(tt.c.resource_type == prep.resource_type,
+                                          tt.c.id == prep.id))
+        rows = [{"resource_type": p.resource_type, "id": p.id, "param": param,
+                 "system": system, "code": code}
+                for p in (*new, *changed) for param, system, code in p.tokens]
+        if rows:
+            conn.execute(insert_ignore(conn, tt), rows)
+
+    @staticmethod
+    def _load(row: Any) -> dict[str, Any]:
+        res: dict[str, Any] = json.loads(row.content)
+        meta = dict(res.get("meta") or {})
+        meta["versionId"] = str(row.version_id)
+        meta["lastUpdated"] = row.last_updated
+        res["meta"] = meta
+        return res
+
+    def get(self, resource_type: str, id: str) -> dict[str, Any] | None:
+        """The current version of ``resource_type/id`` (with ``meta``), or ``None``."""
+        t = fhir_table
+        with self._engine.connect() as conn:
+            row = conn.execute(select(t.c.content, t.c.version_id, t.c.last_updated).where(
+                t.c.resource_type == resource_type, t.c.id == id)).one_or_none()
+        return self._load(row) if row is not None else None
+
+    def _query(self, columns: Sequence[Any], resource_type: str | None, *,
+               patient: str | None, ids: Sequence[str] | None,
+               code: tuple[str | None, str] | None, code_param: str,
+               date_from: str | None, date_to: str | None,
+               dataset: str | None) -> Select[Any]:
+        t, tt = fhir_table, fhir_tokens_table
+        q: Select[Any] = select(*columns)
+        if resource_type is not None:
+            q = q.where(t.c.resource_type == resource_type)
+        if patient is not None:
+            q = q.where(t.c.patient_ref == _patient_ref_arg(patient))
+        if ids is not None:
+            q = q.where(t.c.id.in_(list(ids)))
+        if dataset is not None:
+            q = q.where(t.c.dataset == dataset)
+        if date_from is not None:
+            q = q.where(t.c.date >= date_from)
+        if date_to is not None:
+            # a date of the upper day (2020-05-01T10:00) is within "up to 2020-05-01"
+            q = q.where(t.c.date <= date_to + "\uffff")
+        if code is not None:
+            system, value = code
+            cond = [tt.c.resource_type == t.c.resource_type, tt.c.id == t.c.id,
+                    tt.c.param == code_param, tt.c.code == value]
+            if system is not None:
+                cond.append(tt.c.system == system)
+            q = q.where(exists().where(and_(*cond)))
+        return q
+
+    def search(self, resource_type: str, *, patient: str | None = None,
+               ids: Sequence[str] | None = None, code: tuple[str | None, str] | None = None,
+               code_param: str = "code", date_from: str | None = None,
+               date_to: str | None = None, dataset: str | None = None,
+               sort: str | None = None, limit: int | None = None,
+               offset: int = 0) -> list[dict[str, Any]]:
+        """Resources of ``resource_type`` matching every filter given.
+
+        Parameters
+        ----------
+        resource_type
+            E.g. ``"Condition"``.
+        patient
+            ``"Patient/<id>"`` or ``"<id>"``: the resource's patient/subject.
+        ids
+            Only these ids (FHIR ``_id``).
+        code
+            ``(system, code)``; ``system=None`` matches any system.
+        code_param
+            Which token to match: ``code`` (also ``medicationCodeableConcept``),
+            ``category`` or ``modality``.
+        date_from, date_to
+            Inclusive bounds on the resource's main date (ISO 8601 prefixes compare as
+            text: ``"2020"``, ``"2020-05"``, ``"2020-05-01"``).
+        dataset
+            Only resources put for this dataset.
+        sort
+            ``"date"`` or ``"-date"``; the default orders by id.
+        limit, offset
+            Paging.
+        """
+        t = fhir_table
+        q = self._query((t.c.content, t.c.version_id, t.c.last_updated), resource_type,
+                        patient=patient, ids=ids, code=code, code_param=code_param,
+                        date_from=date_from, date_to=date_to, dataset=dataset)
+        if sort == "date":
+            q = q.order_by(t.c.date.is_(None), t.c.date, t.c.id)
+        elif sort == "-date":
+            q = q.order_by(t.c.date.is_(None), t.c.date.desc(), t.c.id)
+        elif sort is None:
+            q = q.order_by(t.c.id)
+        else:
+            raise StoreError(f"FHIR search: sort {sort!r} is not 'date' or '-date'")
+        q = q.offset(offset)
+        if limit is not None:
+            q = q.limit(limit)
+        with self._engine.connect() as conn:
+            rows = conn.execute(q).all()
+        return [self._load(r) for r in rows]
+
+    def count(self, resource_type: str | None = None, *, patient: str | None = None,
+              ids: Sequence[str] | None = None, code: tuple[str | None, str] | None = None,
+              code_param: str = "code", date_from: str | None = None,
+              date_to: str | None = None, dataset: str | None = None) -> int:
+        """The number of resources :meth:`search` would return without paging."""
+        q = self._query((func.count(),), resource_type, patient=patient, ids=ids, code=code,
+                        code_param=code_param, date_from=date_from, date_to=date_to,
+                        dataset=dataset).select_from(fhir_table)
+        with self._engine.connect() as conn:
+            return int(conn.execute(q).scalar_one())
+
+    def counts_by_type(self, *, dataset: str | None = None) -> dict[str, int]:
+        """``resourceType -> number of resources`` (of ``dataset`` when given)."""
+        t = fhir_table
+        q = select(t.c.resource_type, func.count()).group_by(t.c.resource_type)
+        if dataset is not None:
+            q = q.where(t.c.dataset == dataset)
+        with self._engine.connect() as conn:
+            return {r[0]: int(r[1]) for r in conn.execute(q)}
