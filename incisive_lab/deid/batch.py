@@ -427,7 +427,8 @@ def deidentify_tree(
             raise IncisiveLabError("--mode anonymize uses a fresh random salt per run: do not pass --secret-file")
         if vault is not None:
             raise IncisiveLabError("--mode anonymize is irreversible and keeps no vault: do not pass --vault")
-        secret = Secret.generate(ephemeral=True)
+        if secret is None:  # a resumed run passes the salt it started with
+            secret = Secret.generate(ephemeral=True)
     elif secret is None:
         raise IncisiveLabError("--mode pseudonymize needs the provider's secret (--secret-file)")
 
