@@ -217,6 +217,10 @@ def ingest(
     from incisive_lab.node._runs import RunBook, hash_files, node_lock
 
     secret = Secret.from_file(key) if key is not None else None  # fail on a bad key before any work
+    if sheet is not None:  # a spreadsheet that cannot be read at all stops the run before any work
+        from incisive_lab.cdm.fhir import read_clinical_rows
+
+        read_clinical_rows(sheet)
     private = node / "private"
     node.mkdir(parents=True, exist_ok=True)
     with node_lock(private), RunBook(private) as book:

@@ -328,9 +328,15 @@ def test_malformed_spreadsheet_is_refused_with_its_name_and_nothing_is_stored(
                 "--clinical", str(bad), "--hosting", "federated", "--secret-file", str(key), cwd=tmp_path)
     assert done.returncode == 2, done.stderr
     assert "clinical.xlsx" in done.stderr and "cancer_type" in done.stderr
-    if (tmp_path / "n" / "node.sqlite").exists():
-        with NodeStore.open(tmp_path / "n") as store:
-            assert store.counts().instances == 0
+    empty = tmp_path / "empty.xlsx"
+    empty.write_bytes(b"")
+    text = tmp_path / "notes.xlsx"
+    text.write_text("patient_id,cancer_type\n1,lung\n")
+    for sheet in (empty, text):
+        done = _cli("--node-dir", str(tmp_path / "n"), "--dataset", "site-a", "--dicom",
+                    str(federation / "a" / "dicom"), "--clinical", str(sheet), "--hosting", "central", cwd=tmp_path)
+        assert done.returncode == 2 and sheet.name in done.stderr, done.stderr
+    assert not (tmp_path / "n").exists(), "refused before anything was written"
 
 
 def test_one_ingest_at_a_time(federation: Path, key: Path, tmp_path: Path) -> None:
