@@ -289,7 +289,11 @@ def ingest(
             step("store")
 
             # 4. clinical spreadsheet -> FHIR, linked to the stored studies
-            if sheet is not None:
+            # (pseudonymised: always, since the same rows give the same resources and a corrected
+            # row replaces its resource; anonymised: once per spreadsheet content, since another
+            # run's salt would give its patients new identities)
+            sheet_sha = _sha256(sheet) if sheet is not None else ""
+            if sheet is not None and not (hosting == "central" and book.known([sheet_sha])):
                 etl_report = reports / f"clinical-{state.id}.json"
                 fhir_new, quarantined = _clinical(
                     sheet, staging, profile=profile, secret=secret, vault=vault, store=store, dataset=dataset,
@@ -298,6 +302,7 @@ def ingest(
                 summary.fhir_resources = fhir_new
                 summary.patients_quarantined = quarantined
                 summary.reports["clinical"] = str(etl_report)
+                book.record(dataset, state.id, [(sheet_sha, sheet.name, "stored")])
             step("fhir")
 
             # 5. dataset record (rewritten only when the dataset changed) and ledger
@@ -318,6 +323,10 @@ def ingest(
         shutil.rmtree(staging, ignore_errors=True)
         _atomic_json(reports / f"ingest-{state.id}.json", summary.as_json())
         return summary
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _login() -> str:

@@ -130,6 +130,16 @@ def test_central_hosting_is_anonymised_and_keeps_no_vault(nodes: dict[str, Any])
     assert not list((node / "private" / "runs").glob("*.salt")), "the one-time salt is destroyed at the end"
 
 
+def test_central_rerun_adds_nothing_not_even_new_anonymous_patients(nodes: dict[str, Any], federation: Path) -> None:
+    node, _ = nodes["c"]
+    with NodeStore.open(node) as store:
+        before = store.digest()
+    again = _ingest(node, federation, "c", None, jobs=1)
+    assert again.instances_stored == 0 and again.fhir_resources == 0
+    with NodeStore.open(node) as store:
+        assert store.digest() == before
+
+
 def test_ledger_records_the_deidentification_and_the_ingest(nodes: dict[str, Any]) -> None:
     node, summary = nodes["a"]
     with Ledger.open(node, read_only=True) as ledger:
