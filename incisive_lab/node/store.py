@@ -106,6 +106,32 @@ class AddSummary:
         self.instances += res.instances
 
 
+def _syncfs(path: Path) -> bool:
+    """``syncfs(2)`` on the file system holding ``path``; ``False`` where unavailable."""
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.syncfs
+    except (OSError, AttributeError):
+        return False
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        return bool(fn(fd) == 0)
+    finally:
+        os.close(fd)
+
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -145,6 +171,7 @@ class NodeStore:
         self._lock_fd: int | None = lock_fd
         self._durable = durable
         self._dirty_dirs: set[Path] = set()
+        self._unsynced: list[Path] = []  # linked objects whose data is not known durable
 
     # ---------------------------------------------------------------- life cycle
 
@@ -162,8 +189,10 @@ class NodeStore:
             (``postgresql://`` is taken as psycopg 3) or ``sqlite:///...``. Default:
             ``DIR/node.sqlite``.
         durable
-            fsync each object before it is renamed into place (default). Turn off only
-            for throw-away nodes (tests, benchmarks of other parts).
+            fsync copied objects before their rename and flush linked objects before
+            each index batch (default). Turn off only for throw-away nodes (tests,
+            benchmarks of other parts); a kill -9 is safe either way, a power loss only
+            with it on.
 
         Raises
         ------
@@ -262,7 +291,7 @@ class NodeStore:
         self._check_open()
         sha = sha256 or hashlib.sha256(data).hexdigest()
         final = self._target(sha)
-        if final.exists():
+        if self._intact(final, len(data)):
             return StoredObject(sha, len(data), final, False)
         tmp = self.dir / self.OBJECTS / "tmp" / f"{os.getpid()}-{uuid.uuid4().hex}.part"
         try:
@@ -286,9 +315,10 @@ class NodeStore:
                  data: bytes | None = None, sha256: str | None = None) -> StoredObject:
         """Store the file at ``path`` as an object, hard-linked (default) or copied.
 
-        A hard link is made with one atomic ``link`` (the file is already complete);
-        when linking is impossible (another file system, no permission) the bytes are
-        copied through ``objects/tmp``. The object is made read-only (a hard link shares
+        A hard link is made with one atomic ``link`` (the file is already complete; its
+        data is made durable by :meth:`sync_objects`, once per batch, before the index
+        names it); when linking is impossible (another file system, no permission) the
+        bytes are copied through ``objects/tmp`` (fsync, rename). The object is made read-only (a hard link shares
         that mode with ``path``). Linked files must not be modified in place afterwards:
         the de-identifier replaces files by renaming, which is safe.
 
@@ -312,15 +342,9 @@ class NodeStore:
         if not link:
             return self.add_bytes(data, sha256=sha)
         final = self._target(sha)
-        if final.exists():
+        if self._intact(final, len(data)):
             return StoredObject(sha, len(data), final, False)
         try:
-            if self._durable:
-                fd = os.open(src, os.O_RDONLY)
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
             os.link(src, final)
         except FileExistsError:
             return StoredObject(sha, len(data), final, False)
@@ -336,14 +360,40 @@ class NodeStore:
         except OSError:
             pass  # a read-only mode is a safeguard, not a guarantee
         self._dirty_dirs.add(final.parent)
+        self._unsynced.append(final)
         return StoredObject(sha, len(data), final, True)
 
+    @staticmethod
+    def _intact(final: Path, size: int) -> bool:
+        """Whether ``final`` exists with the expected size; a wrong size (e.g. a file cut
+        short by a power loss before its data was synced) is removed so it is rewritten."""
+        try:
+            actual = os.stat(final).st_size
+        except FileNotFoundError:
+            return False
+        if actual == size:
+            return True
+        final.unlink(missing_ok=True)
+        return False
+
     def sync_objects(self) -> None:
-        """fsync the directories of objects added since the last call (before indexing)."""
+        """Make the objects added since the last call durable (called before indexing).
+
+        Copied objects were fsynced before their rename; hard-linked ones (whose data the
+        de-identifier wrote without fsync) and the new directory entries are flushed
+        here, once per batch: one ``syncfs`` on Linux, else an fsync per file and
+        directory.
+        """
         dirs, self._dirty_dirs = self._dirty_dirs, set()
-        if self._durable:
-            for d in sorted(dirs):
-                _fsync_dir(d)
+        linked, self._unsynced = self._unsynced, []
+        if not self._durable or not (dirs or linked):
+            return
+        if _syncfs(self.dir / self.OBJECTS):
+            return
+        for path in linked:
+            _fsync_path(path)
+        for d in sorted(dirs):
+            _fsync_dir(d)
 
     def iter_objects(self) -> Iterator[tuple[str, int]]:
         """Every object in the store as ``(sha256, size)``, in hash order."""

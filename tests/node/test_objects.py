@@ -130,3 +130,20 @@ def test_closed_store_refuses_writes(tmp_path: Path) -> None:
     store.close()
     with pytest.raises(StoreError, match="closed"):
         store.add_bytes(b"x")
+
+
+def test_an_object_cut_short_is_rewritten(tmp_path: Path) -> None:
+    """A file left short by a power loss (its data never synced) does not count as stored."""
+    data = make_dicom(pixel=3)
+    with NodeStore.open(tmp_path / "node") as store:
+        path = store.add_bytes(data).path
+        os.chmod(path, 0o644)
+        path.write_bytes(b"")
+        again = store.add_bytes(data)
+        assert again.new and path.read_bytes() == data
+        src = tmp_path / "src.dcm"
+        src.write_bytes(data)
+        os.chmod(path, 0o644)
+        path.write_bytes(data[:10])
+        linked = store.add_file(src)
+        assert linked.new and path.read_bytes() == data
