@@ -20,6 +20,7 @@ import itertools
 import math
 import multiprocessing
 import os
+import sys
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -67,20 +68,30 @@ def _work_chunk(bounds: tuple[int, int]) -> list[InstanceInfo]:
             for p in files[bounds[0]:bounds[1]]]
 
 
-def _inspect_all(root: Path, files: list[Path], jobs: int, decode_all: bool) -> list[InstanceInfo]:
+def _inspect_all(root: Path, files: list[Path], jobs: int, decode_all: bool,
+                 progress: bool = False) -> list[InstanceInfo]:
+    from tqdm import tqdm
+
     _WORK.update(root=root, files=files, decode_all=decode_all, sampled=set(), sampled_series=set())
+    bar = tqdm(total=len(files), unit="file", desc="curation", disable=not progress, file=sys.stderr)
+    out: list[InstanceInfo] = []
     try:
         if jobs <= 1 or len(files) < 64:
-            return _work_chunk((0, len(files)))
+            for i in range(0, len(files), 64):
+                part = _work_chunk((i, min(i + 64, len(files))))
+                out.extend(part)
+                bar.update(len(part))
+            return out
         chunk = max(16, min(256, math.ceil(len(files) / (jobs * 8))))
         bounds = [(i, min(i + chunk, len(files))) for i in range(0, len(files), chunk)]
         ctx = multiprocessing.get_context("fork")
         with ctx.Pool(jobs) as pool:
-            out: list[InstanceInfo] = []
             for part in pool.imap(_work_chunk, bounds):
                 out.extend(part)
+                bar.update(len(part))
             return out
     finally:
+        bar.close()
         _WORK.clear()
 
 
@@ -594,6 +605,7 @@ def run_curation(
     decode: DecodePolicy = "sample",
     today: _dt.date | None = None,
     thumbnails: bool = True,
+    progress: bool | None = False,
 ) -> CurationResult:
     """Run every curation check on a provider's raw DICOM folder and clinical spreadsheet.
 
@@ -619,6 +631,8 @@ def run_curation(
         Reference date for "in the future" (default: today).
     thumbnails : bool
         Make PNG thumbnails of the series with errors for the HTML report.
+    progress : bool, optional
+        Show a progress bar on standard error (``None``: when it is a terminal).
 
     Returns
     -------
@@ -641,7 +655,8 @@ def run_curation(
         if _standard.iod_requires_pixels(iod):
             iod_required_types(iod)  # loaded once here, shared by forked workers
     files = _discover(root)
-    infos = _inspect_all(root, files, jobs, decode == "all")
+    show = sys.stderr.isatty() if progress is None else progress
+    infos = _inspect_all(root, files, jobs, decode == "all", show)
     pre: list[Finding] = []
     rows = _clinical_rows(clinical, pre)
     if label is None:

@@ -241,7 +241,7 @@ def ingest(
         label = _labeler(hosting, secret if hosting == "federated" else Secret(book.run_salt(state.id), ephemeral=True))
         from incisive_lab.curation import run_curation
 
-        curation = run_curation(src, sheet, jobs=jobs, label=label)
+        curation = run_curation(src, sheet, jobs=jobs, label=label, progress=show)
         quarantined_files = curation.quarantined_files
         curation_json = reports / f"curation-{state.id}.json"
         curation_html = reports / f"curation-{state.id}.html"
