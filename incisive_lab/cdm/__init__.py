@@ -19,7 +19,7 @@ from incisive_lab.cdm.fhir import (
     rows_to_fhir,
     workbook_to_fhir,
 )
-from incisive_lab.cdm.spreadsheet import read_workbook, write_workbook
+from incisive_lab.cdm.spreadsheet import read_numbered_rows, read_workbook, write_workbook
 from incisive_lab.cdm.template import COLUMNS, Column, column, render_markdown, validate_row
 
 __all__ = [
@@ -32,6 +32,7 @@ __all__ = [
     "column",
     "concept",
     "read_clinical_rows",
+    "read_numbered_rows",
     "read_workbook",
     "render_markdown",
     "rows_to_fhir",

@@ -106,6 +106,18 @@ def read_workbook(source: str | Path | IO[bytes]) -> list[dict[str, Any]]:
     ValueError
         If the workbook has no sheet named ``patients`` or no header row.
     """
+    return [record for _number, record in read_numbered_rows(source)]
+
+
+def read_numbered_rows(source: str | Path | IO[bytes]) -> list[tuple[int, dict[str, Any]]]:
+    """Like :func:`read_workbook`, with each row's number as the steward sees it in the
+    spreadsheet (the header is row 1); empty rows are skipped but keep their numbers.
+
+    Raises
+    ------
+    ValueError
+        If the workbook has no sheet named ``patients`` or no header row.
+    """
     from openpyxl import load_workbook
 
     if isinstance(source, io.BytesIO):
@@ -116,11 +128,11 @@ def read_workbook(source: str | Path | IO[bytes]) -> list[dict[str, Any]]:
             raise ValueError(f"no sheet named {SHEET_NAME!r} (found {wb.sheetnames})")
         rows = wb[SHEET_NAME].iter_rows(values_only=True)
         try:
-            header = [str(h) for h in next(rows)]
+            header = [str(h) if h is not None else "" for h in next(rows)]
         except StopIteration:
             raise ValueError("the sheet has no header row") from None
-        out = []
-        for values in rows:
+        out: list[tuple[int, dict[str, Any]]] = []
+        for number, values in enumerate(rows, start=2):
             if all(v is None for v in values):
                 continue
             record: dict[str, Any] = {}
@@ -128,7 +140,8 @@ def read_workbook(source: str | Path | IO[bytes]) -> list[dict[str, Any]]:
                 if isinstance(value, _dt.datetime) and value.time() == _dt.time(0):
                     value = value.date()
                 record[name] = value
-            out.append(record)
+            out.append((number, record))
         return out
     finally:
         wb.close()
+

@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from incisive_lab.cdm.template import CANCER_TYPES, COLUMNS, SHEET_NAME
+from incisive_lab.cdm.template import CANCER_TYPES, COLUMNS
 from incisive_lab.curation._instance import InstanceInfo, inspect_file
 from incisive_lab.curation.bodypart import CodedConcept, body_part_code, modality_code
 from incisive_lab.curation.findings import CHECKS, Finding, QuarantinedItem
@@ -101,39 +101,18 @@ def _inspect_all(root: Path, files: list[Path], jobs: int, decode_all: bool,
 def read_clinical(source: str | os.PathLike[str]) -> list[tuple[int, dict[str, Any]]]:
     """Read the clinical workbook into ``(spreadsheet row number, row)`` pairs.
 
-    Dates come back as ``datetime.date`` and empty cells as ``None``, as in
-    :func:`incisive_lab.cdm.spreadsheet.read_workbook`; empty rows are skipped but keep their
-    numbers so that findings name the row the steward sees.
+    Dates come back as ``datetime.date`` and empty cells as ``None``; empty rows are skipped
+    but keep their numbers so that findings name the row the steward sees (see
+    :func:`incisive_lab.cdm.spreadsheet.read_numbered_rows`).
 
     Raises
     ------
     ValueError
         If the workbook has no ``patients`` sheet or no header row.
     """
-    from openpyxl import load_workbook
+    from incisive_lab.cdm.spreadsheet import read_numbered_rows
 
-    wb = load_workbook(source, read_only=True, data_only=True)
-    try:
-        if SHEET_NAME not in wb.sheetnames:
-            raise ValueError(f"no sheet named {SHEET_NAME!r} (found {wb.sheetnames})")
-        rows = wb[SHEET_NAME].iter_rows(values_only=True)
-        try:
-            header = [str(h) if h is not None else "" for h in next(rows)]
-        except StopIteration:
-            raise ValueError("the sheet has no header row") from None
-        out: list[tuple[int, dict[str, Any]]] = []
-        for number, values in enumerate(rows, start=2):
-            if all(v is None for v in values):
-                continue
-            record: dict[str, Any] = {}
-            for name, value in zip(header, values, strict=False):
-                if isinstance(value, _dt.datetime) and value.time() == _dt.time(0):
-                    value = value.date()
-                record[name] = value
-            out.append((number, record))
-        return out
-    finally:
-        wb.close()
+    return read_numbered_rows(Path(source))
 
 
 def _clinical_rows(clinical: ClinicalInput, findings: list[Finding]) -> list[tuple[int, dict[str, Any]]] | None:

@@ -359,19 +359,16 @@ def test_one_ingest_at_a_time(federation: Path, key: Path, tmp_path: Path) -> No
 
 
 def test_ingest_on_postgresql_holds_the_same_content_as_on_sqlite(
-    federation: Path, key: Path, tmp_path: Path, clean_digest: str
+    federation: Path, key: Path, tmp_path: Path, clean_digest: str, pg_cluster: Any
 ) -> None:
     """The same code on the scale-out back-end: a real throw-away PostgreSQL cluster."""
-    from tests._support.postgres import postgres_cluster
-
-    with postgres_cluster() as pg:
-        url = pg.create_database()
-        node = tmp_path / "node"
-        first = _ingest(node, federation, "a", key, jobs=2, db_url=url)
-        again = _ingest(node, federation, "a", key, jobs=1, db_url=url)
-        with NodeStore.open(node, url) as store:
-            digest = store.digest()
-            assert store.counts().instances == first.instances_stored
+    url = pg_cluster.create_database()
+    node = tmp_path / "node"
+    first = _ingest(node, federation, "a", key, jobs=2, db_url=url)
+    again = _ingest(node, federation, "a", key, jobs=1, db_url=url)
+    with NodeStore.open(node, url) as store:
+        digest = store.digest()
+        assert store.counts().instances == first.instances_stored
     assert again.instances_stored == 0 and again.fhir_resources == 0
     assert not (node / "node.sqlite").exists(), "the index and FHIR store live in PostgreSQL"
     assert digest == clean_digest

@@ -2,24 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from tests._support.postgres import PostgresCluster, start_postgres
+from tests._support.postgres import PostgresCluster
 
 from .helpers import BACKENDS, Site
-
-
-@pytest.fixture(scope="session")
-def pg_cluster() -> Iterator[PostgresCluster]:
-    """One throw-away PostgreSQL cluster for the whole test session."""
-    cluster = start_postgres()
-    try:
-        yield cluster
-    finally:
-        cluster.stop()
 
 
 @pytest.fixture(params=BACKENDS)

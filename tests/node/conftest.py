@@ -20,20 +20,11 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID, ExplicitVRLittleEndian
 
 from incisive_lab.node import NodeStore
-from tests._support.postgres import PostgresCluster, start_postgres
+from tests._support.postgres import PostgresCluster
 
 BACKENDS = ("sqlite", "postgresql")
 CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
 
-
-@pytest.fixture(scope="session")
-def pg_cluster() -> Iterator[PostgresCluster]:
-    """One throw-away PostgreSQL cluster for the session."""
-    cluster = start_postgres()
-    try:
-        yield cluster
-    finally:
-        cluster.stop()
 
 
 @pytest.fixture(params=BACKENDS)
