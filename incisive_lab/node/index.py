@@ -702,6 +702,20 @@ class NodeIndex:
         found = self.instances(sop_uid=sop_uid)
         return found[0] if found else None
 
+    @property
+    def dialect_name(self) -> str:
+        """The database's SQLAlchemy dialect (``"sqlite"`` or ``"postgresql"``)."""
+        return str(self._engine.dialect.name)
+
+    def fetch(self, statement: Select[Any]) -> list[Any]:
+        """Run a read-only ``SELECT`` built on the index tables and return its rows.
+
+        For query layers (DICOMweb QIDO-RS) that compose their own parameterised
+        statements from :data:`studies_table` and friends; nothing is written.
+        """
+        with self._engine.connect() as conn:
+            return list(conn.execute(statement).all())
+
     def summary(self, dataset: str) -> IndexSummary:
         """Counts and the distinct modalities, body parts and cancer types of ``dataset``."""
         se, st, pa = series_table, studies_table, patients_table
