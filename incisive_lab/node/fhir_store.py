@@ -30,11 +30,26 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Select, and_, delete, exists, func, select, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Select,
+    and_,
+    delete,
+    exists,
+    false,
+    func,
+    not_,
+    or_,
+    select,
+    true,
+    update,
+)
 
 from incisive_lab.node._db import StoreError, chunks, fhir_table, fhir_tokens_table, insert_ignore
 
-__all__ = ["FhirStore", "PutResult", "canonical_json", "fhir_table", "fhir_tokens_table"]
+__all__ = ["DateFilter", "DateTest", "FhirQuery", "FhirStore", "PutResult", "StoredInfo", "TokenFilter",
+           "canonical_json", "fhir_table", "fhir_tokens_table"]
 
 _ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 _TYPE = re.compile(r"[A-Z][A-Za-z]{1,63}")
@@ -155,6 +170,140 @@ def _prepare(resource: Mapping[str, Any]) -> _Prepared:
 
 def _patient_ref_arg(patient: str) -> str:
     return patient if patient.startswith("Patient/") else f"Patient/{patient}"
+
+
+# --- Criteria for the FHIR REST search (incisive_lab.node.fhir_api) -------------------------
+#
+# Stored main dates are ISO 8601 text of any precision ("2018", "2018-08", "2018-08-24",
+# "2018-08-24T10:00:00Z"). A value stands for the range of instants it covers. Text order
+# agrees with time order except that a coarser value sorts before the finer values it
+# contains ("2018" < "2018-01-01"), which the two tests below correct for.
+
+_INSTANT = re.compile(r"(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})")
+
+
+def _covering(instant: str) -> tuple[list[str], list[str]]:
+    """The coarser values that contain ``instant``, and those of them that start at it.
+
+    ``instant`` is ``YYYY-MM-DDThh:mm:ss``. Returns ``(containing, starting_at)``: e.g. for
+    ``2018-01-01T00:00:00`` every coarser value (``2018``, ``2018-01``, ...) starts at it;
+    for ``2018-08-24T10:30:00`` only ``2018-08-24T10:30`` does.
+    """
+    m = _INSTANT.fullmatch(instant)
+    if m is None:
+        raise StoreError(f"FHIR date test: {instant!r} is not YYYY-MM-DDThh:mm:ss")
+    year, month, day, hour, minute, second = m.groups()
+    coarser = [year, f"{year}-{month}", f"{year}-{month}-{day}",
+               f"{year}-{month}-{day}T{hour}:{minute}"]
+    rest_zero = [month == "01" and day == "01" and (hour, minute, second) == ("00",) * 3,
+                 day == "01" and (hour, minute, second) == ("00",) * 3,
+                 (hour, minute, second) == ("00",) * 3,
+                 second == "00"]
+    return coarser, [v for v, zero in zip(coarser, rest_zero, strict=True) if zero]
+
+
+@dataclass(frozen=True, slots=True)
+class DateTest:
+    """One comparison of a resource's main date (a range) with an instant.
+
+    ``kind="starts_before"``: the date's range starts before ``instant``;
+    ``kind="ends_after"``: it ends after ``instant`` (its range holds a later instant).
+    ``negate`` inverts the test. ``instant`` is ``YYYY-MM-DDThh:mm:ss`` (UTC).
+    """
+
+    kind: str
+    instant: str
+    negate: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class DateFilter:
+    """Tests on the main date, all true (``combine="and"``) or one true (``"or"``).
+
+    A resource without a main date never matches.
+    """
+
+    tests: tuple[DateTest, ...]
+    combine: str = "and"
+
+
+@dataclass(frozen=True, slots=True)
+class TokenFilter:
+    """A token parameter (``code``, ``category``, ``modality``) matching any alternative.
+
+    Each alternative is ``(system, code)``: ``system=None`` matches any system, ``""`` no
+    system; ``code=None`` matches any code of the system (FHIR ``system|``).
+    """
+
+    param: str
+    alternatives: tuple[tuple[str | None, str | None], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class FhirQuery:
+    """Criteria of a FHIR search, all of which must hold.
+
+    ``ids``/``patients``: the id, or the patient reference (``Patient/<id>``), is one of
+    these (``None``: no condition; an empty set matches nothing).
+    """
+
+    ids: frozenset[str] | None = None
+    patients: frozenset[str] | None = None
+    tokens: tuple[TokenFilter, ...] = ()
+    dates: tuple[DateFilter, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class StoredInfo:
+    """What the store keeps beside a resource's JSON."""
+
+    resource_type: str
+    id: str
+    version_id: int
+    last_updated: str
+    patient_ref: str | None
+    dataset: str | None
+
+
+def _date_test_sql(test: DateTest) -> Any:
+    col = fhir_table.c.date
+    containing, starting = _covering(test.instant)
+    if test.kind == "starts_before":
+        cond: Any = and_(col < test.instant, col.not_in(starting)) if starting else (
+            col < test.instant)
+    elif test.kind == "ends_after":
+        cond = or_(col >= test.instant, col.in_(containing))
+    else:
+        raise StoreError(f"FHIR date test: kind {test.kind!r} is not starts_before/ends_after")
+    return not_(cond) if test.negate else cond
+
+
+_SORTS = {"date", "-date", "id", "-id"}
+
+
+def _criteria(q: Select[Any], resource_type: str, query: FhirQuery) -> Select[Any]:
+    t, tt = fhir_table, fhir_tokens_table
+    q = q.where(t.c.resource_type == resource_type)
+    if query.ids is not None:
+        q = q.where(t.c.id.in_(sorted(query.ids)))
+    if query.patients is not None:
+        q = q.where(t.c.patient_ref.in_(sorted(query.patients)))
+    for tok in query.tokens:
+        alts = []
+        for system, code in tok.alternatives:
+            parts = []
+            if system is not None:
+                parts.append(tt.c.system == system)
+            if code is not None:
+                parts.append(tt.c.code == code)
+            alts.append(and_(*parts) if parts else true())
+        q = q.where(exists().where(tt.c.resource_type == t.c.resource_type, tt.c.id == t.c.id,
+                                   tt.c.param == tok.param, or_(*alts) if alts else false()))
+    for flt in query.dates:
+        conds = [_date_test_sql(test) for test in flt.tests]
+        joined = and_(*conds) if flt.combine == "and" else or_(*conds)
+        q = q.where(t.c.date.is_not(None), joined)
+    return q
 
 
 class FhirStore:
@@ -377,3 +526,67 @@ class FhirStore:
             q = q.where(t.c.dataset == dataset)
         with self._engine.connect() as conn:
             return {r[0]: int(r[1]) for r in conn.execute(q)}
+
+    def find(self, resource_type: str, query: FhirQuery | None = None, *,
+             sort: str | None = None, limit: int | None = None,
+             offset: int = 0) -> list[dict[str, Any]]:
+        """Resources of ``resource_type`` matching ``query``, in a stable order.
+
+        Parameters
+        ----------
+        resource_type
+            E.g. ``"Observation"``.
+        query
+            The criteria (see :class:`FhirQuery`; ``None``: every resource of the type).
+        sort
+            ``"date"``/``"-date"`` (resources without a date last, then by id), ``"id"``/
+            ``"-id"``; default ``"id"``. Ties are broken by id, so pages never overlap.
+        limit, offset
+            Paging.
+
+        Raises
+        ------
+        StoreError
+            An unknown sort or a malformed date test.
+        """
+        t = fhir_table
+        if sort is not None and sort not in _SORTS:
+            raise StoreError(f"FHIR search: sort {sort!r} is not one of {sorted(_SORTS)}")
+        q = _criteria(select(t.c.content, t.c.version_id, t.c.last_updated), resource_type,
+                      query or FhirQuery())
+        if sort == "date":
+            q = q.order_by(t.c.date.is_(None), t.c.date, t.c.id)
+        elif sort == "-date":
+            q = q.order_by(t.c.date.is_(None), t.c.date.desc(), t.c.id)
+        elif sort == "-id":
+            q = q.order_by(t.c.id.desc())
+        else:
+            q = q.order_by(t.c.id)
+        if offset:
+            q = q.offset(offset)
+        if limit is not None:
+            q = q.limit(limit)
+        with self._engine.connect() as conn:
+            rows = conn.execute(q).all()
+        return [self._load(r) for r in rows]
+
+
+    def find_count(self, resource_type: str, query: FhirQuery | None = None) -> int:
+        """The number of resources :meth:`find` would return without paging."""
+        q = _criteria(select(func.count()).select_from(fhir_table), resource_type,
+                      query or FhirQuery())
+        with self._engine.connect() as conn:
+            return int(conn.execute(q).scalar_one())
+
+
+    def info(self, resource_type: str, id: str) -> StoredInfo | None:
+        """Version, last update, patient and dataset of ``resource_type/id``, or ``None``."""
+        t = fhir_table
+        with self._engine.connect() as conn:
+            row = conn.execute(select(t.c.version_id, t.c.last_updated, t.c.patient_ref,
+                                      t.c.dataset).where(t.c.resource_type == resource_type,
+                                                         t.c.id == id)).one_or_none()
+        if row is None:
+            return None
+        return StoredInfo(resource_type, id, int(row.version_id), row.last_updated,
+                          row.patient_ref, row.dataset)
