@@ -1,4 +1,4 @@
-"""Sub-command: ``ingest`` (a provider's data into its node)."""
+"""Sub-commands: ``ingest`` (a provider's data into its node) and ``node serve`` (its service)."""
 
 from __future__ import annotations
 
@@ -35,6 +35,29 @@ def register(sub: Any) -> None:
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=_run)
 
+    node = sub.add_parser("node", help="the node service (DICOMweb, FHIR, ledger) over a node directory")
+    nsub = node.add_subparsers(dest="node_command", metavar="SUBCOMMAND")
+    nsub.required = True
+    s = nsub.add_parser(
+        "serve",
+        help="serve the node: DICOMweb and FHIR R4B, every request token-checked and ledgered",
+        description="Serve DICOMweb (QIDO-RS, WADO-RS) and FHIR R4B over a node directory written by "
+        "`incisive-lab ingest`, and the node's ledger. Every request but /healthz needs an OIDC access "
+        "token (RFC 9068 JWT) from --issuer for --audience; refusals and accesses are ledgered. "
+        "Settings may also come from INCISIVE_NODE_DIR, INCISIVE_ISSUER, INCISIVE_AUDIENCE, "
+        "INCISIVE_MIN_LOA, INCISIVE_DB_URL, INCISIVE_JWKS_URL.",
+    )
+    s.add_argument("--node-dir", metavar="DIR", help="the node directory")
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
+    s.add_argument("--port", type=int, default=8042, help="port (default: %(default)s)")
+    s.add_argument("--issuer", metavar="URL", help="the OIDC issuer whose access tokens are accepted")
+    s.add_argument("--audience", metavar="AUD", help="this node's resource identifier (the tokens' aud)")
+    s.add_argument("--min-loa", choices=("low", "substantial", "high"), default=None,
+                   help="lowest eIDAS level of assurance accepted (default: substantial)")
+    s.add_argument("--jwks-url", metavar="URL", help="the issuer's JWKS (default: from its discovery document)")
+    s.add_argument("--db-url", metavar="URL", help="postgresql+psycopg:// URL of the index and FHIR store")
+    s.set_defaults(func=_serve)
+
 
 def _run(args: argparse.Namespace) -> int:
     from incisive_lab.node.ingest import ingest
@@ -46,3 +69,20 @@ def _run(args: argparse.Namespace) -> int:
     )
     print(json.dumps(summary.as_json(), indent=1) if args.json else summary.text())
     return summary.exit_code
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import logging
+    from pathlib import Path
+
+    import uvicorn
+
+    from incisive_lab.node.service import ServiceSettings, create_app
+
+    settings = ServiceSettings.from_env(
+        node_dir=Path(args.node_dir) if args.node_dir else None, issuer=args.issuer, audience=args.audience,
+        min_loa=args.min_loa, jwks_url=args.jwks_url, db_url=args.db_url, host=args.host, port=args.port,
+    )
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info", access_log=False)
+    return 0

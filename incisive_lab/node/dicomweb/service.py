@@ -252,6 +252,10 @@ class DicomwebService:
                 continue
             part = r.params.get("type", "application/octet-stream").lower()
             ts = r.params.get("transfer-syntax")
+            if part in ("*/*", "*"):  # any part type (dicomweb-client's default): as stored
+                chosen = stored_type if src.encapsulated else "application/octet-stream"
+                as_stored = True
+                break
             if part == "application/octet-stream":
                 chosen = part
                 if src.encapsulated:

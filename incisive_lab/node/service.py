@@ -1,0 +1,289 @@
+"""The node service: one ASGI application over a node directory (framework glue only).
+
+Every route but ``/healthz`` needs an OIDC access token (``Authorization: Bearer ...``),
+verified locally by :class:`incisive_lab.access.TokenVerifier` (JWKS, ``iss``, ``aud``,
+expiry, algorithm allow-list, eIDAS level of assurance). A missing or bad token is
+answered 401, a caller without the role 403; both are written to the node's ledger with
+the reason, as is every data access that is allowed. The request logic itself lives in
+framework-free modules (DICOMweb, FHIR REST); this module maps HTTP to them and their
+errors to HTTP in one place.
+
+Settings come from one typed object (:class:`ServiceSettings`), read from command-line
+arguments or ``INCISIVE_*`` environment variables.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.concurrency import run_in_threadpool
+
+from incisive_lab.access import AccessError, JwksCache, Principal, Role, TokenVerifier
+from incisive_lab.errors import IncisiveLabError
+
+__all__ = ["ServiceSettings", "create_app"]
+
+log = logging.getLogger("incisive_lab.node.service")
+
+LOA_LEVELS = ("low", "substantial", "high")
+
+
+@dataclass(frozen=True)
+class ServiceSettings:
+    """How a node service runs (see ``incisive-lab node serve --help``)."""
+
+    node_dir: Path
+    issuer: str
+    audience: str
+    min_loa: str = "substantial"
+    db_url: str | None = None
+    jwks_url: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 8042
+    roles_claims: tuple[str, ...] = ("roles", "groups")
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.min_loa not in LOA_LEVELS:
+            raise IncisiveLabError(f"--min-loa must be one of {', '.join(LOA_LEVELS)} (got {self.min_loa!r})")
+        if not self.issuer.startswith(("https://", "http://127.0.0.1", "http://localhost")):
+            raise IncisiveLabError(
+                f"--issuer {self.issuer!r}: an issuer must be https (plain http only on loopback, for development)"
+            )
+        if not self.audience:
+            raise IncisiveLabError("--audience must name this node's resource identifier")
+        if not (self.node_dir / "objects").is_dir():
+            raise IncisiveLabError(f"--node-dir {self.node_dir}: not a node (no objects/; run incisive-lab ingest first)")
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> ServiceSettings:
+        """Settings from ``INCISIVE_NODE_DIR``, ``INCISIVE_ISSUER``, ``INCISIVE_AUDIENCE``,
+        ``INCISIVE_MIN_LOA``, ``INCISIVE_DB_URL``, ``INCISIVE_JWKS_URL``; keyword overrides win."""
+        env = os.environ
+        values: dict[str, Any] = {
+            "node_dir": Path(env["INCISIVE_NODE_DIR"]) if "INCISIVE_NODE_DIR" in env else None,
+            "issuer": env.get("INCISIVE_ISSUER"),
+            "audience": env.get("INCISIVE_AUDIENCE"),
+            "min_loa": env.get("INCISIVE_MIN_LOA", "substantial"),
+            "db_url": env.get("INCISIVE_DB_URL"),
+            "jwks_url": env.get("INCISIVE_JWKS_URL"),
+        }
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        missing = [k for k in ("node_dir", "issuer", "audience") if not values.get(k)]
+        if missing:
+            raise IncisiveLabError(
+                "missing setting(s): " + ", ".join(f"--{m.replace('_', '-')} (or INCISIVE_{m.upper()})" for m in missing)
+            )
+        return cls(**values)
+
+
+def _json_log(event: str, **fields: Any) -> None:
+    log.info(json.dumps({"event": event, **fields}, sort_keys=True, default=str))
+
+
+def _actor(principal: Any) -> str:
+    return f"user:{principal.subject}"
+
+
+def _principal(request: Request) -> Principal:
+    """The caller, from a verified access token (a plain def: FastAPI runs it off the event loop)."""
+    p: Principal = request.app.state.verifier.verify_header(request.headers.get("authorization"))
+    request.state.principal = p
+    return p
+
+
+#: A route parameter that is the verified caller.
+Caller = Annotated[Principal, Depends(_principal)]
+
+
+def create_app(settings: ServiceSettings, *, verifier: Any = None, http_transport: Any = None) -> Any:
+    """The ASGI application of one node.
+
+    Parameters
+    ----------
+    settings
+        The service settings.
+    verifier
+        A token verifier with ``verify_header(value) -> Principal`` (default: one built
+        from the settings, fetching the issuer's JWKS through discovery).
+    http_transport
+        An httpx transport for the JWKS fetches (tests); default: the network.
+    """
+    from incisive_lab.ledger import Event, Ledger, Outcome
+    from incisive_lab.node.dicomweb import DicomwebError, DicomwebService
+    from incisive_lab.node.fhir_api import FhirApi
+    from incisive_lab.node.store import NodeStore
+
+    if verifier is None:
+        jwks = (JwksCache(settings.jwks_url, http=http_transport) if settings.jwks_url
+                else JwksCache.for_issuer(settings.issuer, http=http_transport))
+        verifier = TokenVerifier(settings.issuer, settings.audience, jwks=jwks, min_loa=settings.min_loa,
+                                 roles_claims=settings.roles_claims)
+
+    store = NodeStore.open(settings.node_dir, settings.db_url)
+    ledger = Ledger.open(settings.node_dir)
+    dicomweb = DicomwebService(store)
+    fhir = FhirApi(store.fhir)
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        store.close()
+        ledger.close()
+
+    app = FastAPI(title="INCISIVE Lab node", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
+    app.state.settings, app.state.store, app.state.ledger = settings, store, ledger
+    app.state.verifier = verifier
+
+    def purpose_of(request: Request) -> str:
+        text = request.headers.get("x-purpose", "").strip()[:200]
+        return text or "unspecified"
+
+    @app.exception_handler(AccessError)
+    def _refused(request: Request, exc: AccessError) -> JSONResponse:
+        who = getattr(request.state, "principal", None)
+        ledger.append(Event(kind="access", actor=_actor(who) if who else "anonymous", action="read",
+                            resource=f"node:{request.url.path}", purpose=purpose_of(request),
+                            outcome=Outcome.deny(exc.reason.value)))
+        _json_log("refused", path=request.url.path, status=exc.status, reason=exc.reason.value)
+        headers = {}
+        if exc.status == 401:
+            headers["WWW-Authenticate"] = verifier.www_authenticate(exc)
+        return JSONResponse({"error": exc.reason.value, "message": exc.message}, status_code=exc.status,
+                            headers=headers)
+
+    @app.exception_handler(DicomwebError)
+    def _dicomweb_error(request: Request, exc: DicomwebError) -> JSONResponse:
+        return JSONResponse({"error": exc.message}, status_code=exc.status)
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, str]:
+        """Liveness and readiness: the database answers; says nothing about the data."""
+        store.counts()
+        return {"status": "ok"}
+
+    # --- DICOMweb ------------------------------------------------------------------------
+    def _dicomweb_reply(request: Request, who: Principal, reply: Any, *, action: str, fmt: str) -> Response:
+        accessed = reply.accessed
+        purpose = purpose_of(request)
+        events = [Event(kind="access", actor=_actor(who), action=action, resource=f"study:{uid}", purpose=purpose,
+                        outcome=Outcome.allow("token"), details={"study": uid, "format": fmt, "via": "dicomweb"})
+                  for uid in accessed.studies]
+        if not events:  # a search that found nothing is still a query of the node
+            events = [Event(kind="query", actor=_actor(who), action="search", resource="node:dicomweb",
+                            purpose=purpose, outcome=Outcome.allow("token"), details={"results": 0})]
+        ledger.append_many(events)  # durable before the answer leaves
+        headers = dict(reply.headers)
+        if isinstance(reply.body, bytes | bytearray):
+            return Response(reply.body, status_code=reply.status, media_type=reply.media_type, headers=headers)
+        return StreamingResponse(reply.body, status_code=reply.status, media_type=reply.media_type, headers=headers)
+
+    def _base(request: Request) -> str:
+        return str(request.base_url).rstrip("/") + "/dicomweb"
+
+    def _accept(request: Request) -> str | None:
+        return request.headers.get("accept")
+
+    @app.get("/dicomweb/studies")
+    def qido_studies(request: Request, who: Caller) -> Response:
+        reply = dicomweb.search_studies(request.query_params.multi_items(), accept=_accept(request),
+                                        base_url=_base(request))
+        return _dicomweb_reply(request, who, reply, action="read", fmt="metadata")
+
+    @app.get("/dicomweb/series")
+    @app.get("/dicomweb/studies/{study}/series")
+    def qido_series(request: Request, who: Caller, study: str | None = None) -> Response:
+        reply = dicomweb.search_series(request.query_params.multi_items(), study_uid=study, accept=_accept(request),
+                                       base_url=_base(request))
+        return _dicomweb_reply(request, who, reply, action="read", fmt="metadata")
+
+    @app.get("/dicomweb/instances")
+    @app.get("/dicomweb/studies/{study}/instances")
+    @app.get("/dicomweb/studies/{study}/series/{series}/instances")
+    def qido_instances(request: Request, who: Caller, study: str | None = None, series: str | None = None) -> Response:
+        reply = dicomweb.search_instances(request.query_params.multi_items(), study_uid=study, series_uid=series,
+                                          accept=_accept(request), base_url=_base(request))
+        return _dicomweb_reply(request, who, reply, action="read", fmt="metadata")
+
+    @app.get("/dicomweb/studies/{study}")
+    @app.get("/dicomweb/studies/{study}/series/{series}")
+    @app.get("/dicomweb/studies/{study}/series/{series}/instances/{instance}")
+    def wado(request: Request, who: Caller, study: str, series: str | None = None, instance: str | None = None) -> Response:
+        reply = dicomweb.retrieve(study, series, instance, accept=_accept(request))
+        return _dicomweb_reply(request, who, reply, action="retrieve", fmt="dicom")
+
+    @app.get("/dicomweb/studies/{study}/metadata")
+    @app.get("/dicomweb/studies/{study}/series/{series}/metadata")
+    @app.get("/dicomweb/studies/{study}/series/{series}/instances/{instance}/metadata")
+    def wado_metadata(request: Request, who: Caller, study: str, series: str | None = None, instance: str | None = None) -> Response:
+        reply = dicomweb.retrieve_metadata(study, series, instance, accept=_accept(request), base_url=_base(request))
+        return _dicomweb_reply(request, who, reply, action="read", fmt="metadata")
+
+    @app.get("/dicomweb/studies/{study}/series/{series}/instances/{instance}/frames/{frames}")
+    def wado_frames(request: Request, who: Caller, study: str, series: str, instance: str, frames: str) -> Response:
+        reply = dicomweb.retrieve_frames(study, series, instance, frames, accept=_accept(request))
+        return _dicomweb_reply(request, who, reply, action="stream", fmt="dicom")
+
+    @app.get("/dicomweb/studies/{study}/series/{series}/instances/{instance}/rendered")
+    @app.get("/dicomweb/studies/{study}/series/{series}/instances/{instance}/frames/{frame}/rendered")
+    def wado_rendered(request: Request, who: Caller, study: str, series: str, instance: str, frame: int | None = None) -> Response:
+        reply = dicomweb.retrieve_rendered(study, series, instance, frame, request.query_params.multi_items(),
+                                           accept=_accept(request))
+        return _dicomweb_reply(request, who, reply, action="view", fmt="derived")
+
+    # --- FHIR -----------------------------------------------------------------------------
+    @app.api_route("/fhir/{path:path}", methods=["GET", "POST", "PUT"])
+    async def fhir_route(request: Request, path: str) -> Response:
+        who = await run_in_threadpool(_principal, request)
+        body = None
+        form = None
+        if request.method in ("POST", "PUT"):
+            ctype = request.headers.get("content-type", "")
+            if "application/x-www-form-urlencoded" in ctype:
+                form = [(k, v) for k, v in (await request.form()).multi_items() if isinstance(v, str)]
+            else:
+                raw = await request.body()
+                try:
+                    body = json.loads(raw) if raw else None
+                except ValueError:
+                    return JSONResponse({"resourceType": "OperationOutcome", "issue": [
+                        {"severity": "error", "code": "structure", "diagnostics": "the body is not JSON"}]},
+                        status_code=400, media_type="application/fhir+json")
+        roles = {r.value for r in who.roles}
+        reply = await run_in_threadpool(
+            fhir.handle, request.method, path, request.query_params.multi_items(),
+            base_url=str(request.base_url).rstrip("/") + "/fhir", body=body, form=form, roles=roles,
+            prefer=request.headers.get("prefer"))
+        purpose = purpose_of(request)
+        if reply.resources:
+            events = [Event(kind="access", actor=_actor(who), action="read", resource=f"fhir:{ref}", purpose=purpose,
+                            outcome=Outcome.allow("token"), details={"format": "fhir", "via": "fhir"})
+                      for ref in reply.resources]
+        else:
+            outcome = Outcome.allow("token") if reply.status < 400 else Outcome.deny(f"HTTP {reply.status}")
+            events = [Event(kind="query", actor=_actor(who), action="search", resource=f"node:fhir/{path}",
+                            purpose=purpose, outcome=outcome, details={"results": 0})]
+        await run_in_threadpool(ledger.append_many, events)
+        return JSONResponse(reply.body, status_code=reply.status, headers=dict(reply.headers),
+                            media_type="application/fhir+json")
+
+    # --- the node's ledger ------------------------------------------------------------------
+    @app.get("/ledger/checkpoint")
+    def ledger_checkpoint(who: Caller) -> Response:
+        return Response(str(ledger.checkpoint()), media_type="text/plain; charset=utf-8")
+
+    @app.get("/ledger/accesses")
+    def ledger_accesses(request: Request, who: Caller, resource: str) -> JSONResponse:
+        """The steward's "who accessed my data": entries about a resource, each with its proof."""
+        who.require_role(Role.STEWARD, Role.AUDITOR)
+        return JSONResponse(ledger.query(resource=resource, limit=1000).to_dict())
+
+    return app

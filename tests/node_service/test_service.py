@@ -1,0 +1,219 @@
+"""The node service over HTTP: real uvicorn on loopback, real dicomweb-client and fhirpy.
+
+Tokens here come from the loopback issuer of the access tests (keys generated per run):
+the attack matrix needs forged tokens anyway. Every request is checked against the node's
+ledger afterwards.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from incisive_lab.deid import write_secret_file
+from incisive_lab.ledger import Ledger
+from incisive_lab.node.ingest import ingest
+from incisive_lab.node.service import ServiceSettings, create_app
+from tests.access.idp import AUDIENCE, LoopbackIssuer, TestKey, claims, forge_hmac, forge_unsigned
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Served:
+    def __init__(self, node: Path, issuer: LoopbackIssuer, key: TestKey, url: str) -> None:
+        self.node, self.issuer, self.key, self.url = node, issuer, key, url
+
+    def token(self, **overrides: Any) -> str:
+        return self.key.sign(claims(self.issuer.issuer, **overrides))
+
+    def headers(self, **overrides: Any) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token(**overrides)}", "X-Purpose": "test:service"}
+
+    def ledger_events(self) -> list[Any]:
+        with Ledger.open(self.node, read_only=True) as ledger:
+            return [e.event for e in ledger.entries()]
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    import uvicorn
+
+    from incisive_lab.dicom.synth import generate
+
+    base = tmp_path_factory.mktemp("service")
+    generate(base / "raw", patients=6, seed=3)
+    key_file = write_secret_file(base / "provider.key")
+    node = base / "node"
+    ingest(node, dataset="site-a", dicom=base / "raw" / "a" / "dicom", clinical=base / "raw" / "a" / "clinical.xlsx",
+           hosting="federated", secret_file=key_file, country="GR")
+    issuer = LoopbackIssuer()
+    key = TestKey.rsa("k1")
+    issuer.publish(key)
+    port = _free_port()
+    app = create_app(ServiceSettings(node_dir=node, issuer=issuer.issuer, audience=AUDIENCE, port=port))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(200):
+        try:
+            if httpx.get(url + "/healthz").status_code == 200:
+                break
+        except httpx.TransportError:
+            time.sleep(0.05)
+    try:
+        yield Served(node, issuer, key, url)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        issuer.close()
+
+
+def test_health_needs_no_token_and_says_nothing_about_data(served: Served) -> None:
+    r = httpx.get(served.url + "/healthz")
+    assert r.status_code == 200 and r.json() == {"status": "ok"}
+
+
+def test_dicomweb_client_searches_and_retrieves(served: Served) -> None:
+    from dicomweb_client.api import DICOMwebClient
+
+    client = DICOMwebClient(url=served.url + "/dicomweb", headers=served.headers())
+    studies = client.search_for_studies()
+    assert studies, "the ingested studies are found"
+    study = studies[0]["0020000D"]["Value"][0]
+    series = client.search_for_series(study_instance_uid=study)
+    assert series
+    series_uid = series[0]["0020000E"]["Value"][0]
+    instances = client.search_for_instances(study_instance_uid=study, series_instance_uid=series_uid)
+    assert instances
+    sop = instances[0]["00080018"]["Value"][0]
+    retrieved = client.retrieve_series(study, series_uid)
+    assert len(retrieved) == len(instances)
+    assert {str(ds.SOPInstanceUID) for ds in retrieved} == {i["00080018"]["Value"][0] for i in instances}
+    metadata = client.retrieve_series_metadata(study, series_uid)
+    assert len(metadata) == len(instances) and all("7FE00010" not in m or "BulkDataURI" in m["7FE00010"]
+                                                   for m in metadata)
+    one = client.retrieve_instance(study, series_uid, sop)
+    assert str(one.SOPInstanceUID) == sop
+    frames = client.retrieve_instance_frames(study, series_uid, sop, frame_numbers=[1])
+    assert len(frames) == 1 and len(frames[0]) > 0
+    png = client.retrieve_instance_rendered(study, series_uid, sop, media_types=("image/png",))
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    accessed = {e.details.get("study") for e in served.ledger_events() if e.kind == "access" and e.outcome.allowed}
+    assert study in accessed, "every access is in the ledger"
+
+
+def test_fhirpy_searches_with_paging_reads_and_a_steward_creates_a_consent(served: Served) -> None:
+    from fhirpy import SyncFHIRClient
+
+    client = SyncFHIRClient(served.url + "/fhir", authorization=f"Bearer {served.token()}")
+    patients = client.resources("Patient").fetch_all()
+    assert patients
+    assert client.resources("Observation").count() > 0
+    pages = client.resources("Observation").limit(5).fetch_all()
+    assert len(pages) == client.resources("Observation").count()
+    one = client.reference("Patient", patients[0].id).to_resource()
+    assert one.id == patients[0].id
+    steward = SyncFHIRClient(served.url + "/fhir", authorization=f"Bearer {served.token(roles=['steward'])}")
+    consent = steward.resource(
+        "Consent", status="active",
+        scope={"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "research"}]},
+        category=[{"coding": [{"system": "http://loinc.org", "code": "57016-8"}]}],
+        patient={"reference": f"Patient/{patients[0].id}"},
+        policyRule={"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "OPTIN"}]},
+    )
+    consent.save()
+    assert consent.id
+    researcher_consent = client.resource("Consent", **{k: v for k, v in consent.items() if k not in ("id", "meta")})
+    with pytest.raises(Exception, match=r"403|forbidden|steward"):
+        researcher_consent.save()
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["none", "malformed", "bad-signature", "alg-none", "hs256-public-key", "wrong-iss", "wrong-aud", "expired",
+     "not-yet-valid", "unknown-kid", "loa-low"],
+)
+def test_token_attack_matrix_is_refused_and_ledgered(served: Served, case: str) -> None:
+    now = int(time.time())
+    iss = served.issuer.issuer
+    good = claims(iss)
+    other = TestKey.rsa("k1")
+    tokens: dict[str, str | None] = {
+        "none": None,
+        "malformed": "not.a.jwt",
+        "bad-signature": other.sign(good),
+        "alg-none": forge_unsigned(good, kid="k1"),
+        "hs256-public-key": forge_hmac(good, served.key.public_pem(), kid="k1"),
+        "wrong-iss": served.key.sign(claims("http://127.0.0.1:1/evil")),
+        "wrong-aud": served.key.sign(claims(iss, aud="https://other-node.test/")),
+        "expired": served.key.sign(claims(iss, exp=now - 3600, iat=now - 7200)),
+        "not-yet-valid": served.key.sign(claims(iss, nbf=now + 3600)),
+        "unknown-kid": TestKey.rsa("k-forged").sign(good),
+        "loa-low": served.key.sign(claims(iss, acr="http://eidas.europa.eu/LoA/low")),
+    }
+    token = tokens[case]
+    headers = {"X-Purpose": f"attack:{case}"} | ({"Authorization": f"Bearer {token}"} if token else {})
+    before = len(served.ledger_events())
+    r = httpx.get(served.url + "/dicomweb/studies", headers=headers)
+    assert r.status_code == 401, (case, r.text)
+    assert "WWW-Authenticate" in r.headers
+    events = served.ledger_events()[before:]
+    assert len(events) == 1 and not events[0].outcome.allowed and events[0].purpose == f"attack:{case}"
+
+
+def test_the_steward_sees_who_accessed_a_study_and_a_researcher_cannot(served: Served) -> None:
+    studies = httpx.get(served.url + "/dicomweb/studies", headers=served.headers(sub="reader-1")).json()
+    study = studies[0]["0020000D"]["Value"][0]
+    r = httpx.get(served.url + "/ledger/accesses", params={"resource": f"study:{study}"}, headers=served.headers())
+    assert r.status_code == 403
+    r = httpx.get(served.url + "/ledger/accesses", params={"resource": f"study:{study}"},
+                  headers=served.headers(roles=["steward"]))
+    assert r.status_code == 200
+    from incisive_lab.ledger import QueryResult
+
+    result = QueryResult.from_dict(r.json())
+    with Ledger.open(served.node, read_only=True) as ledger:
+        result.verify(ledger.verifier)  # the node's signature on the checkpoint, and every entry's proof
+    import json
+
+    actors = {json.loads(e.data)["actor"] for e in result}
+    assert "user:reader-1" in actors, "the reader is named"
+
+
+def test_malformed_queries_are_400_with_a_message(served: Served) -> None:
+    for params in ({"StudyDate": "2020-13-45"}, {"StudyInstanceUID": "1.2.abc"}, {"limit": "100000000"},
+                   {"PatientID": "' OR 1=1 --"}, {"NoSuchAttribute": "x"}):
+        r = httpx.get(served.url + "/dicomweb/studies", params=params, headers=served.headers())
+        if params.get("PatientID"):
+            assert r.status_code in (200, 204) and r.json() in ([], None) if r.content else True
+            continue
+        assert r.status_code == 400 and r.json()["error"], params
+    r = httpx.get(served.url + "/fhir/Observation", params={"date": "not-a-date"}, headers=served.headers())
+    assert r.status_code == 400 and r.json()["resourceType"] == "OperationOutcome"
+
+
+def test_fifty_concurrent_clients_without_errors_and_every_access_ledgered(served: Served) -> None:
+    before = len(served.ledger_events())
+    headers = served.headers()
+
+    def one(i: int) -> int:
+        path = "/dicomweb/studies" if i % 2 else "/fhir/Patient"
+        return httpx.get(served.url + path, headers=headers, timeout=60).status_code
+
+    with ThreadPoolExecutor(max_workers=50) as pool:
+        codes = list(pool.map(one, range(200)))
+    assert codes.count(200) == 200
+    assert len(served.ledger_events()) - before >= 200
