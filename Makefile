@@ -10,6 +10,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 DEBS    := tesseract-ocr tesseract-ocr-eng postgresql
 PYTEST_ARGS ?=
+IDP_STAMP := hub/idp/node_modules/.installed
 
 .PHONY: all install system-deps test lint demo bench clean
 
@@ -27,7 +28,16 @@ $(STAMP): pyproject.toml | $(BIN)/python
 system-deps:
 	@.ci/ensure-debs $(DEBS)
 
-install: $(STAMP) system-deps
+# The development identity provider (hub/idp: npm oidc-provider) needs Node.js >= 20 and npm.
+$(IDP_STAMP): hub/idp/package.json hub/idp/package-lock.json
+	@if ! node -e 'process.exit(+process.versions.node.split(".")[0] >= 20 ? 0 : 1)' 2>/dev/null \
+	    || ! command -v npm >/dev/null; then \
+	  echo "missing Node.js >= 20 with npm (Debian 12's own nodejs is 18: use NodeSource's 20+)" >&2; \
+	  echo "run:  sudo apt-get install -y --no-install-recommends nodejs npm" >&2; exit 1; fi
+	npm ci --prefix hub/idp --no-audit --no-fund
+	touch $@
+
+install: $(STAMP) system-deps $(IDP_STAMP)
 
 lint: install
 	$(BIN)/ruff check incisive_lab tests bench
