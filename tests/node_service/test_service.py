@@ -1,12 +1,16 @@
-"""The node service over HTTP: real uvicorn on loopback, real dicomweb-client and fhirpy.
+"""The node service over HTTP: real uvicorn on loopback, real dicomweb-client and fhirpy,
+tokens from the real development identity provider (npm oidc-provider, hub/idp).
 
-Tokens here come from the loopback issuer of the access tests (keys generated per run):
-the attack matrix needs forged tokens anyway. Every request is checked against the node's
-ledger afterwards.
+Only the attack matrix forges tokens: with a stranger's key, with no signature, HMAC'd with
+the issuer's public key, or — for the claim checks (expired, wrong audience, low LoA, ...) —
+signed with the identity provider's own key, which the test generated for it. Every request
+is checked against the node's ledger afterwards.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import socket
 import threading
 import time
@@ -18,11 +22,15 @@ from typing import Any
 import httpx
 import pytest
 
+from incisive_lab.access import JwksCache, TokenVerifier
 from incisive_lab.deid import write_secret_file
 from incisive_lab.ledger import Ledger
 from incisive_lab.node.ingest import ingest
 from incisive_lab.node.service import ServiceSettings, create_app
-from tests.access.idp import AUDIENCE, LoopbackIssuer, TestKey, claims, forge_hmac, forge_unsigned
+from tests._support.idp import Idp, start_idp, write_jwks
+from tests.access.idp import TestKey, claims, forge_hmac, forge_unsigned
+
+AUDIENCE = "https://node-a.test/"
 
 
 def _free_port() -> int:
@@ -32,14 +40,23 @@ def _free_port() -> int:
 
 
 class Served:
-    def __init__(self, node: Path, issuer: LoopbackIssuer, key: TestKey, url: str) -> None:
-        self.node, self.issuer, self.key, self.url = node, issuer, key, url
+    def __init__(self, node: Path, idp: Idp, idp_key: TestKey, url: str) -> None:
+        self.node, self.idp, self.idp_key, self.url = node, idp, idp_key, url
+        self._tokens: dict[str, str] = {}
+        self.verifier = TokenVerifier(idp.issuer, AUDIENCE, jwks=JwksCache.for_issuer(idp.issuer))
 
-    def token(self, **overrides: Any) -> str:
-        return self.key.sign(claims(self.issuer.issuer, **overrides))
+    def token(self, user: str = "researcher") -> str:
+        """A real access token from the identity provider (a scripted login), cached per user."""
+        if user not in self._tokens:
+            self._tokens[user] = self.idp.token(user)
+        return self._tokens[user]
 
-    def headers(self, **overrides: Any) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.token(**overrides)}", "X-Purpose": "test:service"}
+    def headers(self, user: str = "researcher") -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token(user)}", "X-Purpose": "test:service"}
+
+    def forged(self, **overrides: Any) -> str:
+        """Claims of our choosing, signed with the identity provider's own key (attack matrix only)."""
+        return self.idp_key.sign(claims(self.idp.issuer, **{"aud": AUDIENCE, **overrides}))
 
     def ledger_events(self) -> list[Any]:
         with Ledger.open(self.node, read_only=True) as ledger:
@@ -49,6 +66,7 @@ class Served:
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     import uvicorn
+    from jwt.algorithms import RSAAlgorithm
 
     from incisive_lab.dicom.synth import generate
 
@@ -58,27 +76,29 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     node = base / "node"
     ingest(node, dataset="site-a", dicom=base / "raw" / "a" / "dicom", clinical=base / "raw" / "a" / "clinical.xlsx",
            hosting="federated", secret_file=key_file, country="GR")
-    issuer = LoopbackIssuer()
-    key = TestKey.rsa("k1")
-    issuer.publish(key)
-    port = _free_port()
-    app = create_app(ServiceSettings(node_dir=node, issuer=issuer.issuer, audience=AUDIENCE, port=port))
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(200):
+    jwks_file = base / "idp-jwks.json"
+    kid = write_jwks(jwks_file)
+    jwk = json.loads(jwks_file.read_text())["keys"][0]
+    idp_key = TestKey(kid=kid, alg="RS256", private=RSAAlgorithm.from_jwk(json.dumps(jwk)))
+    with contextlib.ExitStack() as stack:
+        idp = stack.enter_context(start_idp(base / "idp", audience=AUDIENCE, jwks_file=jwks_file))
+        port = _free_port()
+        app = create_app(ServiceSettings(node_dir=node, issuer=idp.issuer, audience=AUDIENCE, port=port))
+        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        url = f"http://127.0.0.1:{port}"
+        for _ in range(200):
+            try:
+                if httpx.get(url + "/healthz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.05)
         try:
-            if httpx.get(url + "/healthz").status_code == 200:
-                break
-        except httpx.TransportError:
-            time.sleep(0.05)
-    try:
-        yield Served(node, issuer, key, url)
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        issuer.close()
+            yield Served(node, idp, idp_key, url)
+        finally:
+            server.should_exit = True
+            thread.join(timeout=10)
 
 
 def test_health_needs_no_token_and_says_nothing_about_data(served: Served) -> None:
@@ -118,7 +138,7 @@ def test_dicomweb_client_searches_and_retrieves(served: Served) -> None:
 def test_fhirpy_searches_with_paging_reads_and_a_steward_creates_a_consent(served: Served) -> None:
     from fhirpy import SyncFHIRClient
 
-    client = SyncFHIRClient(served.url + "/fhir", authorization=f"Bearer {served.token()}")
+    client = SyncFHIRClient(served.url + "/fhir", authorization=f"Bearer {served.token('researcher')}")
     patients = client.resources("Patient").fetch_all()
     assert patients
     assert client.resources("Observation").count() > 0
@@ -126,7 +146,7 @@ def test_fhirpy_searches_with_paging_reads_and_a_steward_creates_a_consent(serve
     assert len(pages) == client.resources("Observation").count()
     one = client.reference("Patient", patients[0].id).to_resource()
     assert one.id == patients[0].id
-    steward = SyncFHIRClient(served.url + "/fhir", authorization=f"Bearer {served.token(roles=['steward'])}")
+    steward = SyncFHIRClient(served.url + "/fhir", authorization=f"Bearer {served.token('steward')}")
     consent = steward.resource(
         "Consent", status="active",
         scope={"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "research"}]},
@@ -148,21 +168,21 @@ def test_fhirpy_searches_with_paging_reads_and_a_steward_creates_a_consent(serve
 )
 def test_token_attack_matrix_is_refused_and_ledgered(served: Served, case: str) -> None:
     now = int(time.time())
-    iss = served.issuer.issuer
-    good = claims(iss)
-    other = TestKey.rsa("k1")
+    iss = served.idp.issuer
+    good = claims(iss, aud=AUDIENCE)
+    public_pem = served.idp_key.public_pem()
     tokens: dict[str, str | None] = {
         "none": None,
         "malformed": "not.a.jwt",
-        "bad-signature": other.sign(good),
-        "alg-none": forge_unsigned(good, kid="k1"),
-        "hs256-public-key": forge_hmac(good, served.key.public_pem(), kid="k1"),
-        "wrong-iss": served.key.sign(claims("http://127.0.0.1:1/evil")),
-        "wrong-aud": served.key.sign(claims(iss, aud="https://other-node.test/")),
-        "expired": served.key.sign(claims(iss, exp=now - 3600, iat=now - 7200)),
-        "not-yet-valid": served.key.sign(claims(iss, nbf=now + 3600)),
+        "bad-signature": TestKey.rsa(served.idp_key.kid).sign(good),  # a stranger's key under the issuer's kid
+        "alg-none": forge_unsigned(good, kid=served.idp_key.kid),
+        "hs256-public-key": forge_hmac(good, public_pem, kid=served.idp_key.kid),
+        "wrong-iss": served.forged(iss="http://127.0.0.1:1/evil"),
+        "wrong-aud": served.forged(aud="https://other-node.test/"),
+        "expired": served.forged(exp=now - 3600, iat=now - 7200),
+        "not-yet-valid": served.forged(nbf=now + 3600),
         "unknown-kid": TestKey.rsa("k-forged").sign(good),
-        "loa-low": served.key.sign(claims(iss, acr="http://eidas.europa.eu/LoA/low")),
+        "loa-low": served.forged(acr="http://eidas.europa.eu/LoA/low"),
     }
     token = tokens[case]
     headers = {"X-Purpose": f"attack:{case}"} | ({"Authorization": f"Bearer {token}"} if token else {})
@@ -174,23 +194,27 @@ def test_token_attack_matrix_is_refused_and_ledgered(served: Served, case: str) 
     assert len(events) == 1 and not events[0].outcome.allowed and events[0].purpose == f"attack:{case}"
 
 
+def test_a_real_low_loa_login_is_refused_too(served: Served) -> None:
+    r = httpx.get(served.url + "/dicomweb/studies", headers=served.headers("lowloa"))
+    assert r.status_code == 401 and "loa-too-low" in r.text
+
+
 def test_the_steward_sees_who_accessed_a_study_and_a_researcher_cannot(served: Served) -> None:
-    studies = httpx.get(served.url + "/dicomweb/studies", headers=served.headers(sub="reader-1")).json()
+    reader = served.verifier.verify(served.token("annotator")).subject
+    studies = httpx.get(served.url + "/dicomweb/studies", headers=served.headers("annotator")).json()
     study = studies[0]["0020000D"]["Value"][0]
     r = httpx.get(served.url + "/ledger/accesses", params={"resource": f"study:{study}"}, headers=served.headers())
     assert r.status_code == 403
     r = httpx.get(served.url + "/ledger/accesses", params={"resource": f"study:{study}"},
-                  headers=served.headers(roles=["steward"]))
+                  headers=served.headers("steward"))
     assert r.status_code == 200
     from incisive_lab.ledger import QueryResult
 
     result = QueryResult.from_dict(r.json())
     with Ledger.open(served.node, read_only=True) as ledger:
         result.verify(ledger.verifier)  # the node's signature on the checkpoint, and every entry's proof
-    import json
-
     actors = {json.loads(e.data)["actor"] for e in result}
-    assert "user:reader-1" in actors, "the reader is named"
+    assert f"user:{reader}" in actors, "the reader is named"
 
 
 def test_malformed_queries_are_400_with_a_message(served: Served) -> None:
