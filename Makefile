@@ -8,7 +8,7 @@ PYTHON  ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
-DEBS    := tesseract-ocr tesseract-ocr-eng postgresql
+DEBS    := tesseract-ocr tesseract-ocr-eng postgresql orthanc orthanc-dicomweb
 PYTEST_ARGS ?=
 IDP_STAMP := hub/idp/node_modules/.installed
 

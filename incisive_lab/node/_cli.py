@@ -49,7 +49,7 @@ def register(sub: Any) -> None:
     )
     s.add_argument("--node-dir", metavar="DIR", help="the node directory")
     s.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
-    s.add_argument("--port", type=int, default=8042, help="port (default: %(default)s)")
+    s.add_argument("--port", type=int, default=8081, help="port (default: %(default)s)")
     s.add_argument("--issuer", metavar="URL", help="the OIDC issuer whose access tokens are accepted")
     s.add_argument("--audience", metavar="AUD", help="this node's resource identifier (the tokens' aud)")
     s.add_argument("--min-loa", choices=("low", "substantial", "high"), default=None,

@@ -48,7 +48,7 @@ class ServiceSettings:
     db_url: str | None = None
     jwks_url: str | None = None
     host: str = "127.0.0.1"
-    port: int = 8042
+    port: int = 8081
     roles_claims: tuple[str, ...] = ("roles", "groups")
     extra: dict[str, Any] = field(default_factory=dict)
 
