@@ -47,6 +47,7 @@ class ServiceSettings:
     min_loa: str = "substantial"
     db_url: str | None = None
     jwks_url: str | None = None
+    pacs_url: str | None = None  #: serve images from this PACS's DICOMweb instead of the node's file store
     host: str = "127.0.0.1"
     port: int = 8081
     roles_claims: tuple[str, ...] = ("roles", "groups")
@@ -76,6 +77,7 @@ class ServiceSettings:
             "min_loa": env.get("INCISIVE_MIN_LOA", "substantial"),
             "db_url": env.get("INCISIVE_DB_URL"),
             "jwks_url": env.get("INCISIVE_JWKS_URL"),
+            "pacs_url": env.get("INCISIVE_PACS_URL"),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         missing = [k for k in ("node_dir", "issuer", "audience") if not values.get(k)]
@@ -131,11 +133,17 @@ def create_app(settings: ServiceSettings, *, verifier: Any = None, http_transpor
 
     store = NodeStore.open(settings.node_dir, settings.db_url)
     ledger = Ledger.open(settings.node_dir)
-    dicomweb = DicomwebService(store)
+    from incisive_lab.node.dicomweb.backend import DicomwebBackend
+    from incisive_lab.node.dicomweb.pacs import PacsBackend
+
+    pacs = PacsBackend(settings.pacs_url) if settings.pacs_url else None
+    dicomweb: DicomwebBackend = pacs if pacs is not None else DicomwebService(store)
     fhir = FhirApi(store.fhir)
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         yield
+        if pacs is not None:
+            pacs.close()
         store.close()
         ledger.close()
 

@@ -63,8 +63,9 @@ class Served:
             return [e.event for e in ledger.entries()]
 
 
-@pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+@pytest.fixture(scope="module", params=["file-store", "orthanc"])
+def served(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    """The same node served from its own file store, and from a real Orthanc PACS holding its objects."""
     import uvicorn
     from jwt.algorithms import RSAAlgorithm
 
@@ -82,8 +83,19 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     idp_key = TestKey(kid=kid, alg="RS256", private=RSAAlgorithm.from_jwk(json.dumps(jwk)))
     with contextlib.ExitStack() as stack:
         idp = stack.enter_context(start_idp(base / "idp", audience=AUDIENCE, jwks_file=jwks_file))
+        pacs_url = None
+        if request.param == "orthanc":
+            from incisive_lab.node.store import NodeStore
+            from tests._support.orthanc import start_orthanc
+
+            orthanc = start_orthanc()
+            stack.callback(orthanc.stop)
+            with NodeStore.open(node) as store:
+                orthanc.upload(store.object_path(sha) for sha, _size in store.iter_objects())
+            pacs_url = orthanc.dicomweb_url
         port = _free_port()
-        app = create_app(ServiceSettings(node_dir=node, issuer=idp.issuer, audience=AUDIENCE, port=port))
+        app = create_app(ServiceSettings(node_dir=node, issuer=idp.issuer, audience=AUDIENCE, port=port,
+                                         pacs_url=pacs_url))
         server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
         thread = threading.Thread(target=server.run, daemon=True)
         thread.start()
@@ -241,3 +253,23 @@ def test_fifty_concurrent_clients_without_errors_and_every_access_ledgered(serve
         codes = list(pool.map(one, range(200)))
     assert codes.count(200) == 200
     assert len(served.ledger_events()) - before >= 200
+
+
+def test_every_series_renders_whatever_its_transfer_syntax(served: Served) -> None:
+    """On Orthanc, images it cannot render itself (JPEG 2000 without a codec) are rendered by the node."""
+    from io import BytesIO
+
+    from PIL import Image
+
+    headers = served.headers()
+    for st in httpx.get(served.url + "/dicomweb/studies", headers=headers).json():
+        study = st["0020000D"]["Value"][0]
+        for se in httpx.get(f"{served.url}/dicomweb/studies/{study}/series", headers=headers).json():
+            series = se["0020000E"]["Value"][0]
+            inst = httpx.get(f"{served.url}/dicomweb/studies/{study}/series/{series}/instances",
+                             params={"limit": "1"}, headers=headers).json()[0]
+            sop = inst["00080018"]["Value"][0]
+            r = httpx.get(f"{served.url}/dicomweb/studies/{study}/series/{series}/instances/{sop}/rendered",
+                          headers=headers | {"Accept": "image/png"}, timeout=60)
+            assert r.status_code == 200, (series, r.text)
+            assert Image.open(BytesIO(r.content)).size[0] > 0

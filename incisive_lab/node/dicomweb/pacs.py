@@ -33,7 +33,8 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
 
@@ -380,16 +381,18 @@ class PacsBackend:
         """``GET /studies/{s}[/series/{se}[/instances/{i}]]`` — the PACS's multipart, streamed.
 
         ``transfer-syntax`` is forwarded when the client names one (whether the PACS
-        transcodes is up to the PACS; Orthanc 1.10 does).
+        transcodes is up to the PACS; Orthanc 1.10 does, for the codecs it has). Without
+        one, the instances are asked for as stored (``transfer-syntax=*``), as the node's
+        file store serves them: PS3.18's default (Explicit VR Little Endian) would make the
+        PACS transcode, and Orthanc 1.10 fails with HTTP 500 on JPEG-LS it cannot decode.
         """
         accessed, _ = self._locate(study_uid, series_uid, sop_uid)
         wanted = _multipart_accept(accept, "application/dicom", "DICOM retrieval")
         forward = 'multipart/related; type="application/dicom"'
-        ts = wanted.params.get("transfer-syntax")
-        if ts is not None:
-            if ts != "*":
-                check_uid(ts, "Accept: transfer-syntax")
-            forward += f"; transfer-syntax={ts}"
+        ts = wanted.params.get("transfer-syntax") or "*"
+        if ts != "*":
+            check_uid(ts, "Accept: transfer-syntax")
+        forward += f"; transfer-syntax={ts}"
         return self._stream(self._path(study_uid, series_uid, sop_uid), forward, accessed)
 
     def retrieve_metadata(self, study_uid: str, series_uid: str | None = None,
@@ -437,11 +440,15 @@ class PacsBackend:
         if accept is None or not accept.strip():
             forward = 'multipart/related; type="application/octet-stream"'
         else:
-            if not any(r.media_type in ("*/*", "multipart/*", "multipart/related")
-                       for r in parse_accept(accept)):
+            ranges = parse_accept(accept)
+            if not any(r.media_type in ("*/*", "multipart/*", "multipart/related") for r in ranges):
                 raise DicomwebError(406, "Accept: frames are served as multipart/related "
                                          f"(got {accept!r})")
             forward = accept
+            if any(r.media_type in ("*/*", "multipart/*") or r.params.get("type", "") in ("*/*", "*")
+                   for r in ranges):  # any part type (dicomweb-client's default): as stored
+                forward = 'multipart/related; type="application/octet-stream"; transfer-syntax=*'
+
         path = self._path(study_uid, series_uid, sop_uid) + f"/frames/{frames}"
         return self._stream(path, forward, accessed)
 
@@ -477,6 +484,35 @@ class PacsBackend:
                 v += ",linear"   # Orthanc 1.10 wants the function named
             forwarded.append(f"{quote(k, safe='')}={quote(v, safe=',')}")
         query_text = "&".join(forwarded)
-        response = self._send(path, query_text, accept=media)
+        try:
+            response = self._send(path, query_text, accept=media)
+        except DicomwebError as exc:
+            if exc.status != 400:
+                raise
+            # the PACS cannot render this one (Orthanc 1.10: JPEG 2000 without a codec):
+            # fetch the instance as stored and render it here, as the file store would
+            body = self._render_here(study_uid, series_uid, sop_uid, int(frame or 1), pairs, media)
+            return DicomwebResponse(200, media, body, (), accessed)
         got = response.headers.get("Content-Type", media).split(";")[0].strip()
         return DicomwebResponse(200, got, response.content, (), accessed)
+
+    def _render_here(self, study_uid: str, series_uid: str, sop_uid: str, frame: int,
+                     pairs: Sequence[tuple[str, str]], media: str) -> bytes:
+        import tempfile
+        from email.parser import BytesParser
+        from email.policy import HTTP
+
+        from incisive_lab.node.dicomweb.rendered import render_frame
+
+        response = self._send(self._path(study_uid, series_uid, sop_uid),
+                              accept='multipart/related; type="application/dicom"; transfer-syntax=*')
+        ctype = response.headers.get("Content-Type", "")
+        message = BytesParser(policy=HTTP).parsebytes(
+            f"Content-Type: {ctype}\r\n\r\n".encode() + response.content)
+        parts = [p.get_payload(decode=True) for p in message.iter_parts()] if message.is_multipart() else []
+        if not parts or not isinstance(parts[0], bytes):
+            raise DicomwebError(502, f"the PACS at {self._base} sent no instance to render")
+        with tempfile.NamedTemporaryFile(suffix=".dcm") as tmp:
+            tmp.write(parts[0])
+            tmp.flush()
+            return render_frame(Path(tmp.name), frame, parse_render_params(pairs), media)
