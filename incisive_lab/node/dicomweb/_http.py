@@ -203,3 +203,30 @@ def check_uid(value: str, what: str) -> str:
         raise DicomwebError(400, f"{what}: {value!r} is not a DICOM UID (digits and dots, "
                                  "no empty components)")
     return value
+
+
+class QidoRoutes:
+    """The three QIDO-RS routes of a back-end, over its one ``_search`` (same checks on
+    every back-end: a series needs its study)."""
+
+    def _search(self, level: str, query: QueryParams | None, accept: str | None, base_url: str,
+                study_uid: str | None = None, series_uid: str | None = None) -> DicomwebResponse:
+        raise NotImplementedError  # each back-end searches its own way
+
+    def search_studies(self, query: QueryParams | None = None, *, accept: str | None = None,
+                       base_url: str = "") -> DicomwebResponse:
+        """``GET /studies`` — QIDO-RS study search (see :mod:`.qido` for the matching)."""
+        return self._search("study", query, accept, base_url)
+
+    def search_series(self, query: QueryParams | None = None, *, study_uid: str | None = None,
+                      accept: str | None = None, base_url: str = "") -> DicomwebResponse:
+        """``GET /series`` or ``GET /studies/{study_uid}/series``."""
+        return self._search("series", query, accept, base_url, study_uid)
+
+    def search_instances(self, query: QueryParams | None = None, *,
+                         study_uid: str | None = None, series_uid: str | None = None,
+                         accept: str | None = None, base_url: str = "") -> DicomwebResponse:
+        """``GET /instances``, ``/studies/{s}/instances`` or ``/studies/{s}/series/{se}/instances``."""
+        if series_uid is not None and study_uid is None:
+            raise DicomwebError(400, "path: a series needs its study")
+        return self._search("instance", query, accept, base_url, study_uid, series_uid)

@@ -44,6 +44,7 @@ from incisive_lab.node.dicomweb._http import (
     Accessed,
     DicomwebError,
     DicomwebResponse,
+    QidoRoutes,
     QueryParams,
     check_uid,
     parse_accept,
@@ -52,7 +53,7 @@ from incisive_lab.node.dicomweb._http import (
 from incisive_lab.node.dicomweb.attributes import ATTRIBUTES, resolve, tag_hex
 from incisive_lab.node.dicomweb.frames import parse_frame_list
 from incisive_lab.node.dicomweb.qido import MAX_LIMIT, parse_query
-from incisive_lab.node.dicomweb.rendered import parse_render_params
+from incisive_lab.node.dicomweb.rendered import parse_render_params, rendered_media
 from incisive_lab.node.dicomweb.service import (
     _WARNING_FUZZY,
     _WARNING_MORE,
@@ -89,7 +90,7 @@ def _first(item: Mapping[str, Any], tag: str) -> Any:
     return values[0] if values else None
 
 
-class PacsBackend:
+class PacsBackend(QidoRoutes):
     """The node's DICOMweb over an existing PACS's DICOMweb.
 
     Parameters
@@ -293,24 +294,6 @@ class PacsBackend:
         body = json.dumps(found, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
         return DicomwebResponse(200, media, body, tuple(headers), accessed)
 
-    def search_studies(self, query: QueryParams | None = None, *, accept: str | None = None,
-                       base_url: str = "") -> DicomwebResponse:
-        """``GET /studies`` — forwarded to the PACS after the node's validation."""
-        return self._search("study", query, accept, base_url)
-
-    def search_series(self, query: QueryParams | None = None, *, study_uid: str | None = None,
-                      accept: str | None = None, base_url: str = "") -> DicomwebResponse:
-        """``GET /series`` or ``GET /studies/{study_uid}/series`` on the PACS."""
-        return self._search("series", query, accept, base_url, study_uid)
-
-    def search_instances(self, query: QueryParams | None = None, *,
-                         study_uid: str | None = None, series_uid: str | None = None,
-                         accept: str | None = None, base_url: str = "") -> DicomwebResponse:
-        """``GET /instances``, ``/studies/{s}/instances`` or ``/studies/{s}/series/{se}/instances``."""
-        if series_uid is not None and study_uid is None:
-            raise DicomwebError(400, "path: a series needs its study")
-        return self._search("instance", query, accept, base_url, study_uid, series_uid)
-
     # ------------------------------------------------------------------ WADO-RS
 
     @staticmethod
@@ -459,17 +442,7 @@ class PacsBackend:
         accessed, located = self._locate(study_uid, series_uid, sop_uid)
         pairs = query_pairs(query)
         parse_render_params(pairs)
-        media = None
-        for r in parse_accept(accept):
-            if r.media_type in ("image/png", "image/jpeg"):
-                media = r.media_type
-                break
-            if r.media_type in ("*/*", "image/*"):
-                media = "image/png"
-                break
-        if media is None:
-            raise DicomwebError(406, f"Accept: rendered images are image/png or image/jpeg "
-                                     f"(got {accept!r})")
+        media = rendered_media(accept)
         path = self._path(study_uid, series_uid, sop_uid)
         if frame is not None:
             text = str(frame)

@@ -119,6 +119,18 @@ def _window(arr: np.ndarray[Any, Any], center: float, width: float,
     return np.clip(out, 0.0, 1.0)
 
 
+def rendered_media(accept: str | None) -> str:
+    """The rendered media type the client accepts: PNG (also for ``*/*``/``image/*``) or JPEG."""
+    from incisive_lab.node.dicomweb._http import DicomwebError, parse_accept
+
+    for r in parse_accept(accept):
+        if r.media_type in ("image/png", "image/jpeg"):
+            return r.media_type
+        if r.media_type in ("*/*", "image/*"):
+            return "image/png"
+    raise DicomwebError(406, f"Accept: rendered images are image/png or image/jpeg (got {accept!r})")
+
+
 def render_frame(path: Path, frame: int, options: RenderOptions, media_type: str) -> bytes:
     """Render frame ``frame`` (1-based) of the object at ``path`` as PNG or JPEG bytes.
 

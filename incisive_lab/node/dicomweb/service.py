@@ -19,6 +19,7 @@ from incisive_lab.node.dicomweb._http import (
     DicomwebError,
     DicomwebResponse,
     MediaRange,
+    QidoRoutes,
     QueryParams,
     check_uid,
     parse_accept,
@@ -37,7 +38,7 @@ from incisive_lab.node.dicomweb.render import (
     multipart_length,
     new_boundary,
 )
-from incisive_lab.node.dicomweb.rendered import parse_render_params, render_frame
+from incisive_lab.node.dicomweb.rendered import parse_render_params, render_frame, rendered_media
 from incisive_lab.node.index import InstanceRow
 from incisive_lab.node.store import NodeStore
 
@@ -72,7 +73,7 @@ def _multipart_accept(accept: str | None, part_type: str, what: str) -> MediaRan
                              f'type="{part_type}" (got {accept!r})')
 
 
-class DicomwebService:
+class DicomwebService(QidoRoutes):
     """DICOMweb (QIDO-RS, WADO-RS) over a :class:`~incisive_lab.node.store.NodeStore`.
 
     Parameters
@@ -125,24 +126,6 @@ class DicomwebService:
                             tuple(result.uids.get("series", ())),
                             tuple(result.uids.get("instances", ())))
         return DicomwebResponse(200, media, dumps(result.items), tuple(headers), accessed)
-
-    def search_studies(self, query: QueryParams | None = None, *, accept: str | None = None,
-                       base_url: str = "") -> DicomwebResponse:
-        """``GET /studies`` — QIDO-RS study search (see :mod:`.qido` for the matching)."""
-        return self._search("study", query, accept, base_url)
-
-    def search_series(self, query: QueryParams | None = None, *, study_uid: str | None = None,
-                      accept: str | None = None, base_url: str = "") -> DicomwebResponse:
-        """``GET /series`` or ``GET /studies/{study_uid}/series``."""
-        return self._search("series", query, accept, base_url, study_uid)
-
-    def search_instances(self, query: QueryParams | None = None, *,
-                         study_uid: str | None = None, series_uid: str | None = None,
-                         accept: str | None = None, base_url: str = "") -> DicomwebResponse:
-        """``GET /instances``, ``/studies/{s}/instances`` or ``/studies/{s}/series/{se}/instances``."""
-        if series_uid is not None and study_uid is None:
-            raise DicomwebError(400, "path: a series needs its study")
-        return self._search("instance", query, accept, base_url, study_uid, series_uid)
 
     # ------------------------------------------------------------------ WADO-RS
 
@@ -299,17 +282,7 @@ class DicomwebService:
         """
         rows = self._instances(study_uid, series_uid, sop_uid)
         options = parse_render_params(query_pairs(query))
-        media = None
-        for r in parse_accept(accept):
-            if r.media_type in ("image/png", "image/jpeg"):
-                media = r.media_type
-                break
-            if r.media_type in ("*/*", "image/*"):
-                media = "image/png"
-                break
-        if media is None:
-            raise DicomwebError(406, f"Accept: rendered images are image/png or image/jpeg "
-                                     f"(got {accept!r})")
+        media = rendered_media(accept)
         number = 1
         if frame is not None:
             text = str(frame)
