@@ -85,7 +85,9 @@ def _inspect_all(root: Path, files: list[Path], jobs: int, decode_all: bool,
         chunk = max(16, min(256, math.ceil(len(files) / (jobs * 8))))
         bounds = [(i, min(i + chunk, len(files))) for i in range(0, len(files), chunk)]
         ctx = multiprocessing.get_context("fork")
-        with ctx.Pool(jobs) as pool:
+        from incisive_lab.deid.batch import die_with_parent
+
+        with ctx.Pool(jobs, initializer=die_with_parent) as pool:
             for part in pool.imap(_work_chunk, bounds):
                 out.extend(part)
                 bar.update(len(part))

@@ -241,8 +241,24 @@ def _next_index(counter: Any) -> int:
     return i
 
 
+def die_with_parent() -> None:
+    """Ask Linux to kill this (forked) worker when its parent dies, e.g. by ``kill -9``:
+    an orphaned worker would go on writing for a run that no longer exists."""
+    try:
+        import ctypes
+        import signal
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: workers end when their work does
+        return
+    if os.getppid() == 1:  # the parent died before the request took effect
+        os._exit(1)
+
+
 def _child(counter: Any, queue: Any, args: tuple[Any, ...], chunks: list[list[str]]) -> None:
     """A forked worker: take chunk indices from the shared counter until none are left."""
+    die_with_parent()
     worker = _Worker(*args)
     while (i := _next_index(counter)) < len(chunks):
         try:

@@ -13,7 +13,7 @@ while it runs, so that a resumed run anonymises the rest with the same salt and 
 not split; the file is deleted when the run completes, after which nobody can link the
 anonymous identifiers back.
 
-A node takes one ingest at a time: :func:`node_lock` holds an exclusive ``flock``.
+A node takes one ingest at a time: :func:`node_lock` holds an exclusive POSIX lock.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import fcntl
 import hashlib
 import os
 import sqlite3
+import threading
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
@@ -51,18 +52,42 @@ CREATE TABLE IF NOT EXISTS runs (
 """
 
 
+_HELD: set[str] = set()  # nodes this process is ingesting (POSIX locks do not exclude the same process)
+_HELD_LOCK = threading.Lock()
+
+
+def _busy(private: Path) -> IncisiveLabError:
+    return IncisiveLabError(f"another ingest is running on this node ({private.parent}); wait for it to finish")
+
+
 @contextlib.contextmanager
 def node_lock(private: Path) -> Iterator[None]:
     """Hold the node's ingest lock, or fail at once if another ingest holds it."""
     private.mkdir(parents=True, exist_ok=True)
+    key = str(private.resolve())
+    with _HELD_LOCK:
+        if key in _HELD:
+            raise _busy(private)
+        _HELD.add(key)
+    try:
+        with _process_lock(private):
+            yield
+    finally:
+        with _HELD_LOCK:
+            _HELD.discard(key)
+
+
+@contextlib.contextmanager
+def _process_lock(private: Path) -> Iterator[None]:
     fd = os.open(private / "ingest.lock", os.O_RDWR | os.O_CREAT, 0o600)
     try:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise IncisiveLabError(
-                f"another ingest is running on this node ({private.parent}); wait for it to finish"
-            ) from None
+            # a POSIX record lock belongs to this process alone: forked workers do not inherit
+            # it, so a run killed with -9 frees the node at once even while orphaned workers
+            # finish (an flock would stay held by them)
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except (BlockingIOError, PermissionError):
+            raise _busy(private) from None
         yield
     finally:
         os.close(fd)  # releases the lock

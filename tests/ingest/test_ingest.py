@@ -374,3 +374,23 @@ def test_ingest_on_postgresql_holds_the_same_content_as_on_sqlite(
     assert again.instances_stored == 0 and again.fhir_resources == 0
     assert not (node / "node.sqlite").exists(), "the index and FHIR store live in PostgreSQL"
     assert digest == clean_digest
+
+
+def test_another_process_ingesting_blocks_and_its_death_frees_the_node(federation: Path, key: Path,
+                                                                       tmp_path: Path) -> None:
+    from incisive_lab.errors import IncisiveLabError
+
+    node = tmp_path / "n"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom pathlib import Path\n"
+         "from incisive_lab.node._runs import node_lock\n"
+         "with node_lock(Path(sys.argv[1])):\n    print('held', flush=True)\n    time.sleep(600)\n",
+         str(node / "private")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        with pytest.raises(IncisiveLabError, match="another ingest"):
+            _ingest(node, federation, "a", key)
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    assert _ingest(node, federation, "a", key).instances_stored > 0  # a killed holder frees the node
