@@ -32,7 +32,7 @@ from pathlib import Path
 
 from incisive_lab.errors import IncisiveLabError
 
-__all__ = ["RunBook", "RunState", "hash_files", "node_lock"]
+__all__ = ["RunBook", "RunState", "hash_files", "node_lock", "sha256_file"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS sources (
@@ -93,7 +93,8 @@ def _process_lock(private: Path) -> Iterator[None]:
         os.close(fd)  # releases the lock
 
 
-def _sha256_file(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """SHA-256 (hex) of a file's bytes."""
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         h.update(fh.read())  # DICOM files are small; one read is the fastest here
@@ -105,7 +106,7 @@ def hash_files(root: Path, rels: Sequence[str]) -> list[str]:
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(max_workers=min(4, (os.cpu_count() or 1) + 1)) as pool:
-        return list(pool.map(lambda r: _sha256_file(root / r), rels, chunksize=64))
+        return list(pool.map(lambda r: sha256_file(root / r), rels, chunksize=64))
 
 
 @dataclass(frozen=True)

@@ -214,7 +214,7 @@ def ingest(
     actor = actor or f"steward:{_login()}"
 
     from incisive_lab.deid import Profile, Secret, deidentify_tree
-    from incisive_lab.node._runs import RunBook, hash_files, node_lock
+    from incisive_lab.node._runs import RunBook, hash_files, node_lock, sha256_file
 
     secret = Secret.from_file(key) if key is not None else None  # fail on a bad key before any work
     if sheet is not None:  # a spreadsheet that cannot be read at all stops the run before any work
@@ -292,7 +292,7 @@ def ingest(
             # (pseudonymised: always, since the same rows give the same resources and a corrected
             # row replaces its resource; anonymised: once per spreadsheet content, since another
             # run's salt would give its patients new identities)
-            sheet_sha = _sha256(sheet) if sheet is not None else ""
+            sheet_sha = sha256_file(sheet) if sheet is not None else ""
             if sheet is not None and not (hosting == "central" and book.known([sheet_sha])):
                 etl_report = reports / f"clinical-{state.id}.json"
                 fhir_new, quarantined = _clinical(
@@ -323,10 +323,6 @@ def ingest(
         shutil.rmtree(staging, ignore_errors=True)
         _atomic_json(reports / f"ingest-{state.id}.json", summary.as_json())
         return summary
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _login() -> str:
@@ -435,8 +431,9 @@ def _ledger(node: Path, *, actor: str, dataset: str, hosting: str, profile: Any,
             deid_report: Path, source_sha256: str) -> None:
     """Two entries, durable before the run is marked finished: the de-identification and the ingest."""
     from incisive_lab.ledger import Event, Ledger, Outcome
+    from incisive_lab.node._runs import sha256_file
 
-    report_sha = hashlib.sha256(deid_report.read_bytes()).hexdigest() if deid_report.exists() else None
+    report_sha = sha256_file(deid_report) if deid_report.exists() else None
     resource = f"dataset:{dataset}"
     purpose = "ingest"
     deid_details: dict[str, Any] = {

@@ -19,26 +19,16 @@ import pydicom
 import pytest
 from PIL import Image
 
-from incisive_lab.deid import write_secret_file
 from incisive_lab.node.dicomweb import DicomwebError, DicomwebResponse, DicomwebService
-from incisive_lab.node.ingest import ingest
 from incisive_lab.node.store import NodeStore
 
 BASE = "http://node.test/dicomweb"
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeStore]:
-    """One site of 6 synthetic patients ingested into a federated node."""
-    from incisive_lab.dicom.synth import generate
-
-    base = tmp_path_factory.mktemp("dicomweb")
-    generate(base / "raw", patients=6, seed=3, sites=("a",), progress=False)
-    key = write_secret_file(base / "provider.key")
-    ingest(base / "node", dataset="site-a", dicom=base / "raw" / "a" / "dicom",
-           clinical=base / "raw" / "a" / "clinical.xlsx", hosting="federated",
-           secret_file=key, country="GR", progress=False)
-    with NodeStore.open(base / "node") as opened:
+def store(small_node: Path) -> Iterator[NodeStore]:
+    """One site of 6 synthetic patients ingested into a federated node (shared, read only)."""
+    with NodeStore.open(small_node) as opened:
         yield opened
 
 

@@ -1,7 +1,7 @@
 """A node built by the real ingest from a small synthetic set, shared by the FHIR API tests.
 
-``fhir_node`` is ingested once per session (6 synthetic patients, seed 3, site a, federated)
-and then only read; tests that write copy it first (``writable_node``).
+``fhir_node`` is the session's ``small_node`` (6 synthetic patients, seed 3, site a,
+federated), only read; tests that write copy it first (``writable_node``).
 """
 
 from __future__ import annotations
@@ -12,25 +12,16 @@ from pathlib import Path
 
 import pytest
 
-from incisive_lab.deid import write_secret_file
-from incisive_lab.dicom.synth import generate
 from incisive_lab.node.fhir_api import FhirApi
-from incisive_lab.node.ingest import ingest
 from incisive_lab.node.store import NodeStore
 
 BASE = "https://node.example.test:8443/fhir"
 
 
 @pytest.fixture(scope="session")
-def fhir_node(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def fhir_node(small_node: Path) -> Path:
     """The node directory (read-only for tests: copy it to write)."""
-    root = tmp_path_factory.mktemp("fhir-node")
-    generate(root / "raw", patients=6, seed=3, sites=("a",), progress=False)
-    key = write_secret_file(root / "keys" / "provider.key")
-    ingest(root / "node", dataset="site-a", dicom=root / "raw" / "a" / "dicom",
-           clinical=root / "raw" / "a" / "clinical.xlsx", hosting="federated",
-           secret_file=key, progress=False)
-    return root / "node"
+    return small_node
 
 
 @pytest.fixture(scope="module")

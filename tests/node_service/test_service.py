@@ -23,9 +23,7 @@ import httpx
 import pytest
 
 from incisive_lab.access import JwksCache, TokenVerifier
-from incisive_lab.deid import write_secret_file
 from incisive_lab.ledger import Ledger
-from incisive_lab.node.ingest import ingest
 from incisive_lab.node.service import ServiceSettings, create_app
 from tests._support.idp import Idp, start_idp, write_jwks
 from tests.access.idp import TestKey, claims, forge_hmac, forge_unsigned
@@ -64,19 +62,17 @@ class Served:
 
 
 @pytest.fixture(scope="module", params=["file-store", "orthanc"])
-def served(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+def served(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
+           small_node: Path) -> Iterator[Served]:
     """The same node served from its own file store, and from a real Orthanc PACS holding its objects."""
+    import shutil
+
     import uvicorn
     from jwt.algorithms import RSAAlgorithm
 
-    from incisive_lab.dicom.synth import generate
-
     base = tmp_path_factory.mktemp("service")
-    generate(base / "raw", patients=6, seed=3)
-    key_file = write_secret_file(base / "provider.key")
     node = base / "node"
-    ingest(node, dataset="site-a", dicom=base / "raw" / "a" / "dicom", clinical=base / "raw" / "a" / "clinical.xlsx",
-           hosting="federated", secret_file=key_file, country="GR")
+    shutil.copytree(small_node, node, symlinks=True)  # the service writes its ledger and Consents
     jwks_file = base / "idp-jwks.json"
     kid = write_jwks(jwks_file)
     jwk = json.loads(jwks_file.read_text())["keys"][0]
