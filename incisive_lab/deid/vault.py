@@ -164,6 +164,13 @@ class Vault:
     def _lookup_key(self, kind: str, pseudonym: str) -> bytes:
         return hmac.new(self._k_idx, f"{kind}:{pseudonym}".encode(), hashlib.sha256).digest()
 
+    def knows(self, kind: str, pseudonym: str) -> bool:
+        """Whether the vault holds ``pseudonym`` as a pseudonym of ``kind`` (nothing is decrypted)."""
+        if kind not in KINDS:
+            raise VaultError(f"unknown pseudonym kind {kind!r} (expected one of {', '.join(KINDS)})")
+        key = self._lookup_key(kind, pseudonym.strip())
+        return self._db.execute("SELECT 1 FROM entries WHERE lookup = ?", (key,)).fetchone() is not None
+
     def lookup(self, pseudonyms: Sequence[str]) -> list[dict[str, Any] | None]:
         """The original identifiers of each pseudonym (None where the vault does not know it)."""
         results: list[dict[str, Any] | None] = []

@@ -45,7 +45,7 @@ def register(sub: Any) -> None:
         "`incisive-lab ingest`, and the node's ledger. Every request but /healthz needs an OIDC access "
         "token (RFC 9068 JWT) from --issuer for --audience; refusals and accesses are ledgered. "
         "Settings may also come from INCISIVE_NODE_DIR, INCISIVE_ISSUER, INCISIVE_AUDIENCE, "
-        "INCISIVE_MIN_LOA, INCISIVE_DB_URL, INCISIVE_JWKS_URL, INCISIVE_PACS_URL.",
+        "INCISIVE_MIN_LOA, INCISIVE_DB_URL, INCISIVE_JWKS_URL, INCISIVE_PACS_URL, INCISIVE_SECRET_FILE.",
     )
     s.add_argument("--node-dir", metavar="DIR", help="the node directory")
     s.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
@@ -58,6 +58,9 @@ def register(sub: Any) -> None:
     s.add_argument("--db-url", metavar="URL", help="postgresql+psycopg:// URL of the index and FHIR store")
     s.add_argument("--pacs-url", metavar="URL", help="serve images from this PACS's DICOMweb root (e.g. "
                    "Orthanc's http://pacs:8042/dicom-web) instead of the node's file store")
+    s.add_argument("--secret-file", metavar="KEY", help="the provider's secret (the ingest's --secret-file): "
+                   "STOW-RS screens annotations written back for the patients' original identifiers with it; "
+                   "without it, pseudonymised studies accept no annotations")
     s.set_defaults(func=_serve)
 
 
@@ -84,7 +87,7 @@ def _serve(args: argparse.Namespace) -> int:
     settings = ServiceSettings.from_env(
         node_dir=Path(args.node_dir) if args.node_dir else None, issuer=args.issuer, audience=args.audience,
         min_loa=args.min_loa, jwks_url=args.jwks_url, db_url=args.db_url, pacs_url=args.pacs_url, host=args.host,
-        port=args.port,
+        port=args.port, secret_file=Path(args.secret_file) if args.secret_file else None,
     )
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info", access_log=False)

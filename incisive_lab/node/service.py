@@ -48,6 +48,7 @@ class ServiceSettings:
     db_url: str | None = None
     jwks_url: str | None = None
     pacs_url: str | None = None  #: serve images from this PACS's DICOMweb instead of the node's file store
+    secret_file: Path | None = None  #: the provider's secret: STOW-RS screens uploads with it and the vault
     host: str = "127.0.0.1"
     port: int = 8081
     roles_claims: tuple[str, ...] = ("roles", "groups")
@@ -68,7 +69,8 @@ class ServiceSettings:
     @classmethod
     def from_env(cls, **overrides: Any) -> ServiceSettings:
         """Settings from ``INCISIVE_NODE_DIR``, ``INCISIVE_ISSUER``, ``INCISIVE_AUDIENCE``,
-        ``INCISIVE_MIN_LOA``, ``INCISIVE_DB_URL``, ``INCISIVE_JWKS_URL``; keyword overrides win."""
+        ``INCISIVE_MIN_LOA``, ``INCISIVE_DB_URL``, ``INCISIVE_JWKS_URL``, ``INCISIVE_PACS_URL``,
+        ``INCISIVE_SECRET_FILE``; keyword overrides win."""
         env = os.environ
         values: dict[str, Any] = {
             "node_dir": Path(env["INCISIVE_NODE_DIR"]) if "INCISIVE_NODE_DIR" in env else None,
@@ -78,6 +80,7 @@ class ServiceSettings:
             "db_url": env.get("INCISIVE_DB_URL"),
             "jwks_url": env.get("INCISIVE_JWKS_URL"),
             "pacs_url": env.get("INCISIVE_PACS_URL"),
+            "secret_file": Path(env["INCISIVE_SECRET_FILE"]) if env.get("INCISIVE_SECRET_FILE") else None,
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         missing = [k for k in ("node_dir", "issuer", "audience") if not values.get(k)]
@@ -138,6 +141,15 @@ def create_app(settings: ServiceSettings, *, verifier: Any = None, http_transpor
 
     pacs = PacsBackend(settings.pacs_url) if settings.pacs_url else None
     dicomweb: DicomwebBackend = pacs if pacs is not None else DicomwebService(store)
+    from incisive_lab.node.dicomweb.stow import StoreTarget, StowTarget
+
+    stow_target: StowTarget = pacs if pacs is not None else StoreTarget(store)
+    secret = None
+    if settings.secret_file is not None:
+        from incisive_lab.deid.keys import Secret
+
+        secret = Secret.from_file(settings.secret_file)
+    vault_path = settings.node_dir / NodeStore.PRIVATE / "vault.sqlite"
     fhir = FhirApi(store.fhir)
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -158,7 +170,9 @@ def create_app(settings: ServiceSettings, *, verifier: Any = None, http_transpor
     @app.exception_handler(AccessError)
     def _refused(request: Request, exc: AccessError) -> JSONResponse:
         who = getattr(request.state, "principal", None)
-        ledger.append(Event(kind="access", actor=_actor(who) if who else "anonymous", action="read",
+        writing = request.method == "POST" and request.url.path.startswith("/dicomweb/")
+        ledger.append(Event(kind="annotate" if writing else "access", actor=_actor(who) if who else "anonymous",
+                            action="refuse" if writing else "read",
                             resource=f"node:{request.url.path}", purpose=purpose_of(request),
                             outcome=Outcome.deny(exc.reason.value)))
         _json_log("refused", path=request.url.path, status=exc.status, reason=exc.reason.value)
@@ -246,6 +260,81 @@ def create_app(settings: ServiceSettings, *, verifier: Any = None, http_transpor
         reply = dicomweb.retrieve_rendered(study, series, instance, frame, request.query_params.multi_items(),
                                            accept=_accept(request))
         return _dicomweb_reply(request, who, reply, action="view", fmt="derived")
+
+    # --- STOW-RS: annotations written back -------------------------------------------------
+    def _store_annotations(who: Principal, parts: list[tuple[str, bytes]], study: str | None,
+                           purpose: str) -> Any:
+        from incisive_lab.deid.screen import IdentifierScreen
+        from incisive_lab.deid.vault import Vault
+        from incisive_lab.node.dicomweb.stow import UploadChecker, store_instances
+
+        screen = None
+        if secret is not None and vault_path.exists():
+            screen = IdentifierScreen(secret, Vault(vault_path, secret))
+        try:
+            checker = UploadChecker(stow_target, screen=screen, path_study=study,
+                                    allowed_names=[n for n in (who.username, who.subject) if n])
+            outcome = store_instances(parts, checker, stow_target)
+        finally:
+            if screen is not None:
+                screen.close()
+        events = []
+        for a in outcome.accepted:
+            details: dict[str, Any] = {
+                "study": a.study_uid, "series": a.series_uid, "instance": a.sop_uid, "object": a.kind,
+                "source_series": list(a.source_series), "sha256": a.sha256, "labels": list(a.labels),
+                "coerced": list(a.coerced), "discarded": len(a.discarded), "unchanged": not a.new,
+                "via": "dicomweb"}
+            if a.dataset:
+                details["dataset"] = a.dataset
+            events.append(Event(kind="annotate", actor=_actor(who), action="create", resource=f"study:{a.study_uid}",
+                                purpose=purpose, outcome=Outcome.allow("role:annotator"), details=details))
+        for f in outcome.failed:
+            details = {"failure": f.reason, "via": "dicomweb"}
+            details.update({k: v for k, v in (("study", f.study_uid), ("instance", f.sop_uid),
+                                               ("object", f.kind)) if v})
+            events.append(Event(kind="annotate", actor=_actor(who), action="refuse",
+                                resource=f"study:{f.study_uid}" if f.study_uid else "node:dicomweb/studies",
+                                purpose=purpose, outcome=Outcome.deny(f.message), details=details))
+        ledger.append_many(events)  # durable before the answer leaves
+        for w in outcome.warnings():
+            _json_log("stow-warning", user=who.subject, warning=w)
+        return outcome
+
+    @app.post("/dicomweb/studies")
+    @app.post("/dicomweb/studies/{study}")
+    async def stow(request: Request, study: str | None = None) -> Response:
+        """STOW-RS: store annotations (SEG, SR, KOS) into studies the node holds (annotators)."""
+        from incisive_lab.node.dicomweb._http import check_uid
+        from incisive_lab.node.dicomweb.stow import MAX_BYTES, parse_multipart
+
+        who = await run_in_threadpool(_principal, request)
+        who.require_role(Role.ANNOTATOR)
+        purpose = purpose_of(request)
+        try:
+            if study is not None:
+                check_uid(study, "path: StudyInstanceUID")
+            declared = request.headers.get("content-length")
+            if declared is not None and declared.isdigit() and int(declared) > MAX_BYTES:
+                raise DicomwebError(413, f"body: larger than {MAX_BYTES} bytes; send fewer instances per request")
+            chunks, size = [], 0
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > MAX_BYTES:
+                    raise DicomwebError(413, f"body: larger than {MAX_BYTES} bytes; send fewer instances per request")
+                chunks.append(chunk)
+            parts = parse_multipart(request.headers.get("content-type"), b"".join(chunks))
+        except DicomwebError as exc:
+            await run_in_threadpool(ledger.append, Event(
+                kind="annotate", actor=_actor(who), action="refuse", resource="node:dicomweb/studies",
+                purpose=purpose, outcome=Outcome.deny(exc.message), details={"via": "dicomweb"}))
+            raise
+        outcome = await run_in_threadpool(_store_annotations, who, parts, study, purpose)
+        response = JSONResponse(outcome.response(_base(request)), status_code=outcome.status,
+                                media_type="application/dicom+json")
+        for w in outcome.warnings():
+            response.headers.append("Warning", w)
+        return response
 
     # --- FHIR -----------------------------------------------------------------------------
     @app.api_route("/fhir/{path:path}", methods=["GET", "POST", "PUT"])

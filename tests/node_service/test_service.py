@@ -38,8 +38,8 @@ def _free_port() -> int:
 
 
 class Served:
-    def __init__(self, node: Path, idp: Idp, idp_key: TestKey, url: str) -> None:
-        self.node, self.idp, self.idp_key, self.url = node, idp, idp_key, url
+    def __init__(self, node: Path, idp: Idp, idp_key: TestKey, url: str, key: Path) -> None:
+        self.node, self.idp, self.idp_key, self.url, self.key = node, idp, idp_key, url, key
         self._tokens: dict[str, str] = {}
         self.verifier = TokenVerifier(idp.issuer, AUDIENCE, jwks=JwksCache.for_issuer(idp.issuer))
 
@@ -91,7 +91,8 @@ def served(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
             pacs_url = orthanc.dicomweb_url
         port = _free_port()
         app = create_app(ServiceSettings(node_dir=node, issuer=idp.issuer, audience=AUDIENCE, port=port,
-                                         pacs_url=pacs_url))
+                                         pacs_url=pacs_url,
+                                         secret_file=small_node.parent / "keys" / "provider.key"))
         server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
         thread = threading.Thread(target=server.run, daemon=True)
         thread.start()
@@ -103,7 +104,7 @@ def served(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
             except httpx.TransportError:
                 time.sleep(0.05)
         try:
-            yield Served(node, idp, idp_key, url)
+            yield Served(node, idp, idp_key, url, small_node.parent / "keys" / "provider.key")
         finally:
             server.should_exit = True
             thread.join(timeout=10)
@@ -269,3 +270,58 @@ def test_every_series_renders_whatever_its_transfer_syntax(served: Served) -> No
                           headers=headers | {"Accept": "image/png"}, timeout=60)
             assert r.status_code == 200, (series, r.text)
             assert Image.open(BytesIO(r.content)).size[0] > 0
+
+
+@pytest.mark.filterwarnings("ignore:The string .* is unlikely to represent:UserWarning")
+def test_an_annotator_stores_seg_sr_and_kos_with_dicomweb_client_and_reads_them_back(served: Served) -> None:
+    """STOW-RS through the node on either back-end: the same client, the same checks, the same ledger."""
+    from dicomweb_client.api import DICOMwebClient
+    from requests import HTTPError
+
+    from incisive_lab.deid.keys import Secret
+    from incisive_lab.deid.vault import Vault
+    from tests._support.annotations import make_kos, make_seg, make_sr
+
+    annotator = DICOMwebClient(url=served.url + "/dicomweb", headers=served.headers("annotator"))
+    found = annotator.search_for_series(search_filters={"Modality": "CT"}, fields=["NumberOfSeriesRelatedInstances"])
+    chosen = max(found, key=lambda s: s["00201209"]["Value"][0])
+    study, series = chosen["0020000D"]["Value"][0], chosen["0020000E"]["Value"][0]
+    sources = annotator.retrieve_series(study, series)  # the tool reads the images through the node
+    seg, sr, kos = make_seg(sources), make_sr(sources[:2]), make_kos(sources[:1])
+    result = annotator.store_instances([seg, sr, kos], study_instance_uid=study)
+    stored = {str(i.ReferencedSOPInstanceUID) for i in result.ReferencedSOPSequence}
+    assert stored == {str(seg.SOPInstanceUID), str(sr.SOPInstanceUID), str(kos.SOPInstanceUID)}
+    assert "FailedSOPSequence" not in result
+    # read back through the node: searchable next to their images, retrievable, de-identified
+    seg_series = annotator.search_for_series(study, search_filters={"Modality": "SEG"})
+    assert str(seg.SeriesInstanceUID) in {s["0020000E"]["Value"][0] for s in seg_series}
+    back = annotator.retrieve_instance(study, str(seg.SeriesInstanceUID), str(seg.SOPInstanceUID))
+    assert back.PatientID == sources[0].PatientID and back.PatientIdentityRemoved == "YES"
+    assert back.ReferencedSeriesSequence[0].SeriesInstanceUID == series
+    events = [e for e in served.ledger_events() if e.kind == "annotate"]
+    created = {e.details["instance"]: e for e in events if e.action == "create"}
+    assert set(created) >= stored
+    assert created[str(seg.SOPInstanceUID)].details["source_series"] == [series]
+    assert created[str(seg.SOPInstanceUID)].details["object"] == "seg"
+
+    # a researcher may read but not write
+    researcher = DICOMwebClient(url=served.url + "/dicomweb", headers=served.headers("researcher"))
+    with pytest.raises(HTTPError) as err:
+        researcher.store_instances([make_kos(sources[:1])])
+    assert err.value.response.status_code == 403
+    # an object carrying the patient's real name is refused (409), says why, and is ledgered
+    with Vault(served.node / "private" / "vault.sqlite", Secret.from_file(served.key)) as vault:
+        name = str(vault.lookup([str(sources[0].PatientID)])[0]["PatientName"])  # type: ignore[index]
+    leaky = make_sr(sources[:1], text=f"discussed with {name.split('^')[0]}")
+    with pytest.raises(HTTPError) as err:
+        annotator.store_instances([leaky])
+    response = err.value.response
+    assert response.status_code == 409
+    failed = response.json()["00081198"]["Value"][0]
+    assert failed["00081197"]["Value"] == [0x0124]
+    assert name.split("^")[0].lower() not in response.text.lower()
+    assert "identifying data" in response.headers["warning"]
+    refused = [e for e in served.ledger_events() if e.kind == "annotate" and e.action == "refuse"]
+    assert {e.details.get("instance") for e in refused} >= {str(leaky.SOPInstanceUID)}
+    assert any(e.outcome.reason == "missing-role" or "role" in e.outcome.reason for e in refused)
+    assert all(name.split("^")[0].lower() not in json.dumps(e.to_dict()).lower() for e in refused)

@@ -489,3 +489,98 @@ class PacsBackend(QidoRoutes):
             tmp.write(parts[0])
             tmp.flush()
             return render_frame(Path(tmp.name), frame, parse_render_params(pairs), media)
+
+    # ------------------------------------------------------------------ STOW-RS target
+
+    def study_context(self, study_uid: str) -> Any:
+        """The study as the PACS holds it (a :class:`~.stow.StudyContext`), or ``None``."""
+        from pydicom.dataset import Dataset
+
+        from incisive_lab.node.dicomweb.stow import _MODALITIES, COERCED, StudyContext
+
+        check_uid(study_uid, "StudyInstanceUID")
+        rows = self._json(f"/studies/{study_uid}/instances",
+                          "includefield=0020000E&includefield=00080060&includefield=00100020")
+        if not rows:
+            return None
+        instances: dict[str, str] = {}
+        annotation_series: set[str] = set()
+        source: tuple[str, str] | None = None
+        patient_id = ""
+        for row in rows:
+            sop, series = _first(row, _SOP), _first(row, _SERIES)
+            if not sop or not series:
+                continue
+            instances[str(sop)] = str(series)
+            if (_first(row, "00080060") or "") in _MODALITIES:
+                annotation_series.add(str(series))
+            patient_id = patient_id or str(_first(row, "00100020") or "")
+        for sop, series in instances.items():
+            if series not in annotation_series:
+                source = (series, sop)
+                break
+        if source is None:
+            return None
+        meta = self._json(f"/studies/{study_uid}/series/{source[0]}/instances/{source[1]}/metadata")
+        if not meta:
+            return None
+        from pydicom.datadict import tag_for_keyword
+
+        wanted = {tag_hex(int(tag_for_keyword(k) or 0)) for k in COERCED} | {"00100020", "00080050"}
+        header = Dataset.from_json({k: v for k, v in meta[0].items() if k in wanted})
+        kept = Dataset()
+        for keyword in COERCED:
+            if keyword in header:
+                kept.add(header[keyword])
+        return StudyContext(study_uid=study_uid, patient_id=str(header.get("PatientID", "") or patient_id),
+                            source=kept, instances=instances,
+                            annotation_series=frozenset(annotation_series),
+                            accession=str(header.get("AccessionNumber", "") or "") or None)
+
+    def stored(self, sop_uid: str) -> tuple[str, str | None] | None:
+        """``(study_uid, sha256)`` of an instance the PACS holds under ``sop_uid``, or ``None``."""
+        import hashlib
+
+        rows = self._json("/instances", f"SOPInstanceUID={sop_uid}&includefield=0020000D&includefield=0020000E")
+        if not rows:
+            return None
+        study, series = str(_first(rows[0], _STUDY) or ""), str(_first(rows[0], _SERIES) or "")
+        response = self._send(f"/studies/{study}/series/{series}/instances/{sop_uid}",
+                              accept='multipart/related; type="application/dicom"; transfer-syntax=*')
+        parts = _multipart_parts(response)
+        return study, hashlib.sha256(parts[0]).hexdigest() if len(parts) == 1 else None
+
+    def store(self, items: Sequence[Any]) -> None:
+        """Send accepted objects to the PACS's STOW-RS in one request (502 when it refuses any)."""
+        from incisive_lab.node.dicomweb.render import new_boundary
+
+        boundary = new_boundary()
+        body = b"".join(b"--" + boundary.encode() + b"\r\nContent-Type: application/dicom\r\n\r\n"
+                        + item.data + b"\r\n" for item in items) + b"--" + boundary.encode() + b"--\r\n"
+        headers = {**self._headers, "Accept": DICOM_JSON,
+                   "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}'}
+        try:
+            request = self._http.build_request("POST", self._base + "/studies", content=body, headers=headers)
+            response = self._http.send(request, auth=self._auth)
+        except httpx.TransportError as exc:
+            raise DicomwebError(502, f"the PACS at {self._base} cannot be reached "
+                                     f"({type(exc).__name__})") from None
+        if response.status_code != 200:
+            raise self._error(response, "/studies")
+        try:
+            doc = response.json()
+        except ValueError:
+            doc = {}
+        if isinstance(doc, dict) and doc.get("00081198", {}).get("Value"):
+            raise DicomwebError(502, f"the PACS at {self._base} refused {len(doc['00081198']['Value'])} of "
+                                     f"{len(items)} instance(s) the node accepted")
+
+
+def _multipart_parts(response: httpx.Response) -> list[bytes]:
+    """The parts of a multipart/related WADO-RS answer."""
+    from incisive_lab.node.dicomweb.stow import parse_multipart
+
+    try:
+        return [data for _ctype, data in parse_multipart(response.headers.get("content-type"), response.content)]
+    except DicomwebError:
+        raise DicomwebError(502, "the PACS sent a retrieval answer that is not multipart/related") from None
