@@ -15,6 +15,12 @@ Tables
     dataset; patients are keyed by ``(dataset, patient_id)``.
 ``fhir_resources``, ``fhir_tokens``
     The FHIR store (see :mod:`incisive_lab.node.fhir_store`).
+Governance and cohort tables
+    Defined next to their code (:mod:`incisive_lab.governance._tables`,
+    :mod:`incisive_lab.cohort._tables`) on the same :data:`metadata`.
+
+Versions: 1 (the index and FHIR store); 2 adds the governance and cohort tables. Tables
+are created when missing, so the migration from 1 to 2 only records the new version.
 """
 
 from __future__ import annotations
@@ -48,7 +54,10 @@ __all__ = ["SCHEMA_VERSION", "SchemaVersionError", "StoreError", "insert_ignore"
 
 #: Version of the schema written by this code. Bump it (and write a migration) whenever a
 #: table or column changes; a database with a newer version is refused.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+#: Versions a database may be migrated from: every later version only added tables, which
+#: ``create_all`` creates, so migrating is recording the new version.
+_ADDITIVE_FROM = frozenset({1})
 #: The ``meta.format`` value that marks an INCISIVE node database.
 DB_FORMAT = "incisive-node/1"
 
@@ -260,6 +269,9 @@ def prepare_schema(engine: Engine, where: str) -> None:
     StoreError
         When the database cannot be reached.
     """
+    import incisive_lab.cohort._tables
+    import incisive_lab.governance._tables  # noqa: F401  (register their tables on metadata)
+
     try:
         with engine.connect().execution_options(write=True) as conn, conn.begin():
             metadata.create_all(conn, checkfirst=True)
@@ -268,6 +280,11 @@ def prepare_schema(engine: Engine, where: str) -> None:
                 {"key": "schema_version", "value": str(SCHEMA_VERSION)},
             ])
             rows = {r[0]: r[1] for r in conn.execute(select(meta_table.c.key, meta_table.c.value))}
+            if rows.get("format") == DB_FORMAT and rows.get("schema_version", "").isdigit() \
+                    and int(rows["schema_version"]) in _ADDITIVE_FROM:
+                conn.execute(meta_table.update().where(meta_table.c.key == "schema_version")
+                             .values(value=str(SCHEMA_VERSION)))
+                rows["schema_version"] = str(SCHEMA_VERSION)
     except OperationalError as exc:
         raise StoreError(f"{where}: cannot open the node database: {exc.orig}") from None
     if rows.get("format") != DB_FORMAT:

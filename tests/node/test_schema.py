@@ -51,3 +51,24 @@ def test_bad_database_urls(tmp_path: Path) -> None:
         NodeStore.open(tmp_path / "n", "::nonsense")
     with pytest.raises(StoreError, match="cannot open the node database"):
         NodeStore.open(tmp_path / "n", "postgresql://x@/y?host=/nonexistent")
+
+
+def test_a_version_1_database_is_migrated_by_adding_the_new_tables(open_store: OpenStore) -> None:
+    from sqlalchemy import inspect
+
+    from incisive_lab.node._db import metadata
+
+    store = open_store()
+    store.fhir.put({"resourceType": "Patient", "id": "A"})
+    digest = store.digest()
+    v1_tables = {"meta", "datasets", "patients", "studies", "series", "instances", "fhir_resources", "fhir_tokens"}
+    with store.engine.begin() as conn:
+        for name in sorted(set(metadata.tables) - v1_tables):
+            conn.exec_driver_sql(f"DROP TABLE {name}")
+        conn.execute(update(meta_table).where(meta_table.c.key == "schema_version").values(value="1"))
+    store.close()
+    store = open_store()
+    assert set(inspect(store.engine).get_table_names()) >= set(metadata.tables)
+    with store.engine.connect() as conn:
+        version = conn.execute(meta_table.select().where(meta_table.c.key == "schema_version")).one().value
+    assert version == str(SCHEMA_VERSION) and store.digest() == digest

@@ -1,0 +1,1 @@
+"""Data governance at a node: sharing terms, access requests and grants, consent withdrawal (issue 6)."""
