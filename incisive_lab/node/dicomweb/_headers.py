@@ -5,11 +5,21 @@ header read once stays true: the cache needs no invalidation. Each entry is the
 instance's DICOM JSON (PS3.18 F.2) without Pixel Data, serialised once; WADO-RS metadata
 splices it into its response and QIDO-RS reads attributes the index does not keep
 (``BitsAllocated``, ``includefield`` of other attributes) from it.
+
+Headers are converted by :func:`header_json`, a direct reader of the usual files (explicit
+VR little endian data sets, the character sets ISO_IR 6, 100 and 192, standard
+attributes) that gives exactly what pydicom's ``Dataset.to_json_dict`` gives, about
+ten to twenty times faster; anything else (implicit VR, big endian, deflate, other
+character sets, ``UN`` elements, values pydicom would reinterpret) is read with pydicom.
+The tests compare both on every file they have.
 """
 
 from __future__ import annotations
 
+import base64
 import json
+import re
+import struct
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -21,7 +31,7 @@ from pydicom.errors import InvalidDicomError
 
 from incisive_lab.node.dicomweb._http import DicomwebError
 
-__all__ = ["HeaderCache", "StoredHeader"]
+__all__ = ["HeaderCache", "StoredHeader", "header_json"]
 
 _ENCAPSULATED_EXCEPT = ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2",
                         "1.2.840.10008.1.2.1.99")
@@ -92,15 +102,255 @@ class HeaderCache:
         return header
 
     def _read(self, sha256: str) -> StoredHeader:
+        path = self.path(sha256)
         try:
-            ds = pydicom.dcmread(self.path(sha256), stop_before_pixels=True)
-        except (OSError, InvalidDicomError, EOFError, ValueError) as exc:
+            with open(path, "rb") as fh:
+                data = fh.read(_HEAD)
+                complete = len(data) < _HEAD
+                fast = header_json(data, complete=complete)
+                if fast is None and not complete:  # a long header: read it all
+                    fast = header_json(data + fh.read())
+        except OSError as exc:
             raise DicomwebError(404, f"object {sha256} cannot be read: {exc}") from None
-        ts = str(ds.file_meta.get("TransferSyntaxUID", "")) if hasattr(ds, "file_meta") else ""
+        if fast is not None:
+            doc, ts = fast
+        else:
+            try:
+                ds = pydicom.dcmread(path, stop_before_pixels=True)
+            except (OSError, InvalidDicomError, EOFError, ValueError) as exc:
+                raise DicomwebError(404, f"object {sha256} cannot be read: {exc}") from None
+            ts = str(ds.file_meta.get("TransferSyntaxUID", "")) if hasattr(ds, "file_meta") else ""
+            doc = ds.to_json_dict(bulk_data_threshold=1 << 62)
         pixel_vr: str | None = None
-        if "Rows" in ds and "Columns" in ds and "BitsAllocated" in ds:
-            bits = int(ds.BitsAllocated or 0)
+        if "00280010" in doc and "00280011" in doc and "00280100" in doc:
+            bits = int((doc["00280100"].get("Value") or [0])[0] or 0)
             pixel_vr = "OB" if _is_encapsulated(ts) or bits <= 8 else "OW"
-        doc = ds.to_json_dict(bulk_data_threshold=1 << 62)
         text = json.dumps(dict(sorted(doc.items())), separators=(",", ":"), ensure_ascii=False)
         return StoredHeader(text, pixel_vr)
+
+
+# --------------------------------------------------------------------------- fast reader
+
+#: Bytes read first: enough for almost any header; more is read when it is not.
+_HEAD = 1 << 16
+_IMPLICIT_LE = "1.2.840.10008.1.2"
+_NOT_EXPLICIT_LE = (_IMPLICIT_LE, "1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99",
+                    "1.2.840.10008.1.2.8.1")
+_PIXEL_TAGS = (0x7FE00008, 0x7FE00009, 0x7FE00010)
+_UNDEFINED = 0xFFFFFFFF
+_ITEM, _ITEM_END, _SEQ_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
+_LONG_VRS = frozenset(("OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UR", "UT", "UV"))
+_BINARY_VRS = frozenset(("OB", "OD", "OF", "OL", "OV", "OW"))
+_NUMBER_VRS = {"US": "H", "SS": "h", "UL": "L", "SL": "l", "FL": "f", "FD": "d", "SV": "q",
+               "UV": "Q"}
+_SPLIT_VRS = frozenset(("AS", "CS", "DA", "DT", "TM", "UI", "DS", "IS"))  # latin-1, split, rstrip
+_TEXT_MULTI_VRS = frozenset(("SH", "LO", "UC"))   # character set, split, rstrip per value
+_TEXT_SINGLE_VRS = frozenset(("ST", "LT", "UT"))  # character set, one value, rstrip
+_ENCODINGS = {"": "latin-1", "ISO_IR 6": "latin-1", "ISO_IR 100": "latin-1",
+              "ISO_IR 192": "utf-8"}
+_DS = re.compile(r" *[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)? *")
+_IS = re.compile(r" *[+-]?[0-9]+ *")
+_HEADER = struct.Struct("<HH2sH")
+_U32 = struct.Struct("<I")
+
+
+class _Unsupported(Exception):
+    """The file needs pydicom."""
+
+
+def header_json(data: bytes, *, complete: bool = True) -> tuple[dict[str, Any], str] | None:
+    """The DICOM JSON of a file's data set up to Pixel Data, and its transfer syntax.
+
+    Gives what ``pydicom.dcmread(..., stop_before_pixels=True).to_json_dict(...)`` gives
+    with every binary value inline, for explicit VR little endian data sets in the
+    character sets ISO_IR 6, 100 or 192 (private attributes kept as their VR says); for
+    anything else it returns ``None`` and the caller reads the file with pydicom.
+
+    Parameters
+    ----------
+    data
+        The file's bytes, or its beginning.
+    complete
+        Whether ``data`` is the whole file. When it is not, ``None`` is also returned when
+        the data set does not reach Pixel Data within ``data`` (read more and try again).
+    """
+    try:
+        return _header_json(data, complete)
+    except (_Unsupported, struct.error, UnicodeDecodeError, ValueError, IndexError,
+            OverflowError):
+        return None
+
+
+def _header_json(data: bytes, complete: bool) -> tuple[dict[str, Any], str]:
+    if len(data) < 144 or data[128:132] != b"DICM":
+        raise _Unsupported
+    pos = 132
+    ts = None
+    end = len(data)
+    while pos + 8 <= end and data[pos] == 2 and data[pos + 1] == 0:
+        _group, elem, vr, length = _HEADER.unpack_from(data, pos)
+        if vr.decode("latin-1") in _LONG_VRS or vr == b"UN":
+            length = _U32.unpack_from(data, pos + 8)[0]
+            pos += 12
+        else:
+            pos += 8
+        if length == _UNDEFINED or pos + length > end:
+            raise _Unsupported
+        if elem == 0x0010:
+            ts = data[pos:pos + length].decode("latin-1").rstrip("\0 ")
+        pos += length
+    if not ts or ts in _NOT_EXPLICIT_LE:
+        raise _Unsupported
+    doc, stop = _Reader(data).dataset(pos, end, top=True)
+    if stop >= end and not complete:
+        raise _Unsupported  # no Pixel Data within what was read: there may be more header
+    return doc, ts
+
+
+class _Reader:
+    """Walks explicit VR little endian elements of ``data``."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.encoding = "latin-1"
+
+    def dataset(self, pos: int, end: int, *, top: bool = False,
+                depth: int = 0) -> tuple[dict[str, Any], int]:
+        """Elements from ``pos`` to ``end`` (an undefined-length item ends at its delimiter)."""
+        if depth > 16:
+            raise _Unsupported
+        data = self.data
+        out: dict[str, Any] = {}
+        last = -1
+        while pos < end:
+            if pos + 8 > len(data):
+                raise _Unsupported  # the header runs past what was read
+            group, elem, vr_bytes, length = _HEADER.unpack_from(data, pos)
+            tag = (group << 16) | elem
+            if tag == _ITEM_END and not top:
+                return out, pos + 8
+            if top and tag in _PIXEL_TAGS:
+                return out, pos
+            if tag <= last or elem == 0 or group in (0x0002, 0xFFFE):
+                raise _Unsupported  # out of order, group length, stray delimiter
+            last = tag
+            vr = vr_bytes.decode("latin-1")
+            if vr in _LONG_VRS:
+                length = _U32.unpack_from(data, pos + 8)[0]
+                pos += 12
+            elif vr == "UN" or not ("A" <= vr[0] <= "Z" and "A" <= vr[1] <= "Z"):
+                raise _Unsupported  # pydicom may reinterpret UN by the dictionary
+            else:
+                pos += 8
+            key = f"{tag:08X}"
+            if vr == "SQ":
+                items, pos = self.sequence(pos, length, depth)
+                out[key] = {"vr": vr, "Value": items}
+                continue
+            if length == _UNDEFINED or pos + length > len(data):
+                raise _Unsupported
+            raw = data[pos:pos + length]
+            pos += length
+            if tag == 0x00080005:
+                if depth:
+                    raise _Unsupported  # a character set of its own inside an item
+                name = raw.decode("latin-1").rstrip("\0 ")
+                if name not in _ENCODINGS:
+                    raise _Unsupported
+                self.encoding = _ENCODINGS[name]
+            out[key] = self.element(vr, raw)
+        if not top:
+            raise _Unsupported  # defined-length item handled by the caller
+        return out, pos
+
+    def sequence(self, pos: int, length: int, depth: int) -> tuple[list[dict[str, Any]], int]:
+        data = self.data
+        items: list[dict[str, Any]] = []
+        stop = None if length == _UNDEFINED else pos + length
+        while True:
+            if stop is not None and pos >= stop:
+                if pos != stop:
+                    raise _Unsupported
+                return items, pos
+            if pos + 8 > len(data):
+                raise _Unsupported
+            group, elem = struct.unpack_from("<HH", data, pos)
+            tag = (group << 16) | elem
+            item_len = _U32.unpack_from(data, pos + 4)[0]
+            pos += 8
+            if tag == _SEQ_END and stop is None:
+                return items, pos
+            if tag != _ITEM:
+                raise _Unsupported
+            if item_len == _UNDEFINED:
+                item, pos = self.dataset(pos, len(data), depth=depth + 1)
+            else:
+                item, pos = self.defined_item(pos, pos + item_len, depth + 1)
+            items.append(item)
+
+    def defined_item(self, pos: int, end: int, depth: int) -> tuple[dict[str, Any], int]:
+        item, after = self.dataset(pos, end, top=True, depth=depth)
+        if after != end:
+            raise _Unsupported  # Pixel Data inside an item, or an overrun
+        return item, after
+
+    def element(self, vr: str, raw: bytes) -> dict[str, Any]:
+        out: dict[str, Any] = {"vr": vr}
+        if vr in _SPLIT_VRS:
+            text = raw.decode("latin-1")
+            while text and text[-1] in " \0":
+                text = text[:-1]
+            if not text:
+                return out
+            values = text.split("\\")
+            if vr == "DS":
+                if not all(_DS.fullmatch(v) for v in values):
+                    raise _Unsupported
+                out["Value"] = [float(v) for v in values]
+            elif vr == "IS":
+                if not all(_IS.fullmatch(v) for v in values):
+                    raise _Unsupported
+                out["Value"] = [int(v) for v in values]
+            else:
+                out["Value"] = values
+        elif vr in _TEXT_MULTI_VRS:
+            values = [v.decode(self.encoding).rstrip("\0 ") for v in raw.split(b"\\")]
+            if len(values) > 1 or values[0]:
+                out["Value"] = values
+        elif vr in _TEXT_SINGLE_VRS:
+            text = raw.decode(self.encoding).rstrip("\0 ")
+            if text:
+                out["Value"] = [text]
+        elif vr == "PN":
+            text = raw.rstrip(b"\0 ").decode(self.encoding)
+            if "\\" in text or "=" in text:
+                raise _Unsupported
+            if text:
+                out["Value"] = [{"Alphabetic": text}]
+        elif vr in _NUMBER_VRS:
+            fmt = _NUMBER_VRS[vr]
+            size = struct.calcsize(fmt)
+            if len(raw) % size:
+                raise _Unsupported
+            if raw:
+                out["Value"] = list(struct.unpack(f"<{len(raw) // size}{fmt}", raw))
+        elif vr in _BINARY_VRS:
+            if raw:
+                out["InlineBinary"] = base64.b64encode(raw).decode("ascii")
+        elif vr == "AT":
+            if len(raw) % 4:
+                raise _Unsupported
+            pairs = struct.unpack(f"<{len(raw) // 2}H", raw)
+            if pairs:
+                out["Value"] = [f"{pairs[i]:04X}{pairs[i + 1]:04X}" for i in range(0, len(pairs), 2)]
+        elif vr == "AE":
+            values = [v.strip() for v in raw.decode("latin-1").split("\\")]
+            if len(values) > 1 or values[0]:
+                out["Value"] = values
+        elif vr == "UR":
+            text = raw.decode("latin-1").rstrip()
+            if text:
+                out["Value"] = [text]
+        else:
+            raise _Unsupported
+        return out

@@ -23,7 +23,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -358,7 +358,12 @@ def _statement(query: Query, dialect: str, scope: dict[str, str]) -> Select[Any]
     if query.level == "study":
         n_series = select(func.count()).where(se.c.study_uid == st.c.study_uid).scalar_subquery()
         n_inst = select(func.count()).where(it.c.study_uid == st.c.study_uid).scalar_subquery()
-        q = select(*cols, n_series.label("n_series"), n_inst.label("n_inst")).join(pa, pa_join)
+        # ModalitiesInStudy in the same statement (a study has few series; deduplicated later)
+        mods = (select(func.aggregate_strings(se.c.modality, "\\"))
+                .where(se.c.study_uid == st.c.study_uid, se.c.modality.is_not(None))
+                .scalar_subquery())
+        q = select(*cols, n_series.label("n_series"), n_inst.label("n_inst"),
+                   mods.label("st_modalities")).join(pa, pa_join)
         order = (st.c.study_date, st.c.study_time, st.c.study_uid)
     elif query.level == "series":
         n_inst = select(func.count()).where(it.c.series_uid == se.c.series_uid).scalar_subquery()
@@ -410,6 +415,7 @@ class _Renderer:
     modalities: dict[str, list[str]]
     headers: HeaderCache
     shas: dict[str, str]
+    _names: tuple[str, ...] | None = None
 
     def levels(self) -> tuple[str, ...]:
         """Levels whose attributes the response carries (PS3.18 Table 6.7.1-2a)."""
@@ -424,50 +430,33 @@ class _Renderer:
 
     def value(self, keyword: str, row: Any) -> Any:
         """The value of ``keyword`` for ``row`` (``None`` when unknown)."""
-        st_uid = row.study_uid
-        se_uid = getattr(row, "se_series_uid", None)
-        it_uid = getattr(row, "it_sop_uid", None)
-        simple: dict[str, Callable[[], Any]] = {
-            "SpecificCharacterSet": lambda: _CHARSET,
-            "StudyDate": lambda: row.study_date,
-            "StudyTime": lambda: row.study_time,
-            "AccessionNumber": lambda: row.accession_number,
-            "InstanceAvailability": lambda: "ONLINE",
-            "ModalitiesInStudy": lambda: tuple(self.modalities.get(st_uid, ())),
-            "StudyDescription": lambda: row.study_description,
-            "PatientID": lambda: row.patient_id,
-            "PatientSex": lambda: row.patient_sex,
-            "PatientAge": lambda: row.patient_age,
-            "StudyInstanceUID": lambda: st_uid,
-            "StudyID": lambda: row.study_id,
-            "NumberOfStudyRelatedSeries": lambda: _field(row, "n_series", "st_n_series"),
-            "NumberOfStudyRelatedInstances": lambda: _field(row, "n_inst", "st_n_inst")
-            if self.query.level == "study" else _field(row, "st_n_inst"),
-            "Modality": lambda: row.se_modality,
-            "SeriesDescription": lambda: row.se_series_description,
-            "SeriesInstanceUID": lambda: se_uid,
-            "SeriesNumber": lambda: row.se_series_number,
-            "BodyPartExamined": lambda: row.se_body_part,
-            "NumberOfSeriesRelatedInstances": lambda: _field(row, "n_inst"),
-            "SOPClassUID": lambda: row.it_sop_class_uid,
-            "SOPInstanceUID": lambda: it_uid,
-            "InstanceNumber": lambda: row.it_instance_number,
-            "Rows": lambda: row.it_rows,
-            "Columns": lambda: row.it_columns,
-            "NumberOfFrames": lambda: row.it_number_of_frames,
-            "AvailableTransferSyntaxUID": lambda: row.it_transfer_syntax_uid,
-        }
-        if keyword in simple:
-            return simple[keyword]()
+        m = row if isinstance(row, dict) else row._mapping
+        column = _COLUMN_OF.get(keyword)
+        if column is not None:
+            return m.get(column)
+        if keyword == "SpecificCharacterSet":
+            return _CHARSET
+        if keyword == "InstanceAvailability":
+            return "ONLINE"
+        st_uid = m["study_uid"]
+        if keyword == "ModalitiesInStudy":
+            return tuple(self.modalities.get(st_uid, ()))
+        if keyword == "NumberOfStudyRelatedSeries":
+            return _field(m, "n_series", "st_n_series")
+        if keyword == "NumberOfStudyRelatedInstances":
+            return (_field(m, "n_inst", "st_n_inst") if self.query.level == "study"
+                    else _field(m, "st_n_inst"))
+        if keyword == "NumberOfSeriesRelatedInstances":
+            return m.get("n_inst")
         if keyword == "RetrieveURL":
             url = f"{self.base_url}/studies/{st_uid}"
             if self.query.level in ("series", "instance"):
-                url += f"/series/{se_uid}"
+                url += f"/series/{m.get('se_series_uid')}"
             if self.query.level == "instance":
-                url += f"/instances/{it_uid}"
+                url += f"/instances/{m.get('it_sop_uid')}"
             return url
         if keyword == "BitsAllocated":
-            header = self.headers.get(row.it_sha256).attributes()
+            header = self.headers.get(m["it_sha256"]).attributes()
             found = header.get(tag_hex(ATTRIBUTES[keyword].tag), {}).get("Value")
             return found[0] if found else None
         return None  # PatientName, PatientBirthDate, ReferringPhysicianName: not kept
@@ -475,12 +464,10 @@ class _Renderer:
     def render(self, row: Any) -> dict[str, Any]:
         """The DICOM JSON object of one match."""
         out: dict[str, dict[str, Any]] = {}
-        levels = self.levels()
-        for level in levels:
-            names = REQUIRED[level] + (EXTRA[level] if self.query.include_all else ())
-            for kw in names:
-                key, elem = _element(kw, self.value(kw, row))
-                out[key] = elem
+        row = dict(row._mapping)
+        for kw in self.names:
+            key, elem = _element(kw, self.value(kw, row))
+            out[key] = elem
         header: dict[str, Any] | None = None
         for tag in self.query.include:
             key = tag_hex(tag)
@@ -496,11 +483,19 @@ class _Renderer:
                 out[key] = header[key]
         return dict(sorted(out.items()))
 
-    def _sha(self, row: Any) -> str:
+    def _sha(self, row: dict[str, Any]) -> str:
         if self.query.level == "instance":
-            return str(row.it_sha256)
-        uid = row.se_series_uid if self.query.level == "series" else row.study_uid
+            return str(row["it_sha256"])
+        uid = row["se_series_uid"] if self.query.level == "series" else row["study_uid"]
         return self.shas[uid]
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The keywords every match carries, in order (computed once)."""
+        if self._names is None:
+            self._names = tuple(kw for level in self.levels() for kw in
+                                REQUIRED[level] + (EXTRA[level] if self.query.include_all else ()))
+        return self._names
 
 
 def search(index: NodeIndex, headers: HeaderCache, query: Query, *, base_url: str,
@@ -525,7 +520,12 @@ def search(index: NodeIndex, headers: HeaderCache, query: Query, *, base_url: st
     study_uids = list(dict.fromkeys(r.study_uid for r in rows))
     modalities: dict[str, list[str]] = {}
     needs_mods = query.level == "study" or not scope
-    if needs_mods and study_uids:
+    if query.level == "study":
+        for r in rows:
+            found = r.st_modalities
+            if found:
+                modalities[r.study_uid] = sorted(set(found.split("\\")))
+    elif needs_mods and study_uids:
         se = series_table
         for part in _chunks(study_uids):
             stmt = (select(se.c.study_uid, se.c.modality).distinct()
@@ -557,6 +557,20 @@ def search(index: NodeIndex, headers: HeaderCache, query: Query, *, base_url: st
 
 _BY_TAG = {a.tag: a for a in ATTRIBUTES.values()}
 
+#: Keyword -> the column label of the statement's rows that holds its value.
+_COLUMN_OF = {
+    "StudyDate": "study_date", "StudyTime": "study_time", "AccessionNumber": "accession_number",
+    "StudyDescription": "study_description", "PatientID": "patient_id",
+    "PatientSex": "patient_sex", "PatientAge": "patient_age", "StudyInstanceUID": "study_uid",
+    "StudyID": "study_id", "Modality": "se_modality",
+    "SeriesDescription": "se_series_description", "SeriesInstanceUID": "se_series_uid",
+    "SeriesNumber": "se_series_number", "BodyPartExamined": "se_body_part",
+    "SOPClassUID": "it_sop_class_uid", "SOPInstanceUID": "it_sop_uid",
+    "InstanceNumber": "it_instance_number", "Rows": "it_rows", "Columns": "it_columns",
+    "NumberOfFrames": "it_number_of_frames",
+    "AvailableTransferSyntaxUID": "it_transfer_syntax_uid",
+}
+
 
 def _from_header(attr: Attribute, level: str) -> bool:
     """Whether ``attr`` is read from a stored header (not the index) at ``level``."""
@@ -564,9 +578,8 @@ def _from_header(attr: Attribute, level: str) -> bool:
     return attr.keyword == "BitsAllocated" or lower
 
 
-def _field(row: Any, *names: str) -> Any:
-    """The first of ``names`` the row has (``None`` when none)."""
-    mapping = row._mapping
+def _field(mapping: Any, *names: str) -> Any:
+    """The first of ``names`` the row mapping has (``None`` when none)."""
     for name in names:
         if name in mapping:
             return mapping[name]

@@ -1,4 +1,10 @@
-"""Response bodies: ``multipart/related`` streams and streamed DICOM JSON arrays."""
+"""Response bodies: ``multipart/related`` streams and streamed DICOM JSON arrays.
+
+Both are yielded in chunks of about :data:`CHUNK` bytes, however small the parts: an ASGI
+server sends each chunk of a synchronous iterator with a hop to a worker thread and a
+write of its own, which for a series of a few hundred small objects cost more than
+reading the files.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +12,12 @@ import secrets
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
-__all__ = ["BLOCK", "file_chunks", "json_array", "multipart", "new_boundary"]
+__all__ = ["BLOCK", "CHUNK", "file_chunks", "json_array", "multipart", "new_boundary"]
 
 #: Bytes read from an object file per chunk.
 BLOCK = 1 << 20
+#: Bytes of a response body gathered before a chunk is yielded (parts are joined up to it).
+CHUNK = 1 << 20
 
 
 def new_boundary() -> str:
@@ -44,11 +52,19 @@ def multipart(boundary: str,
         is called only when the part is reached, so files are opened one at a time.
     """
     dash = f"--{boundary}".encode("ascii")
+    pending: list[bytes] = []
+    size = 0
     for content_type, body in parts:
-        yield dash + b"\r\nContent-Type: " + content_type.encode("ascii") + b"\r\n\r\n"
-        yield from body()
-        yield b"\r\n"
-    yield dash + b"--\r\n"
+        pending.append(dash + b"\r\nContent-Type: " + content_type.encode("ascii") + b"\r\n\r\n")
+        for block in body():
+            pending.append(block)
+            size += len(block)
+            if size >= CHUNK:
+                yield b"".join(pending)
+                pending, size = [], 0
+        pending.append(b"\r\n")
+    pending.append(dash + b"--\r\n")
+    yield b"".join(pending)
 
 
 def multipart_length(boundary: str, parts: Iterable[tuple[str, int]]) -> int:
@@ -61,10 +77,18 @@ def multipart_length(boundary: str, parts: Iterable[tuple[str, int]]) -> int:
 
 
 def json_array(items: Iterable[str]) -> Iterator[bytes]:
-    """Yield a JSON array of already serialised JSON objects, one chunk per item."""
-    first = True
-    yield b"["
+    """Yield a JSON array of already serialised JSON objects in chunks of about :data:`CHUNK`."""
+    pending: list[str] = []
+    size = 0
+    opened = False
     for item in items:
-        yield (item if first else "," + item).encode("utf-8")
-        first = False
-    yield b"]"
+        pending.append(item)
+        size += len(item)
+        if size >= CHUNK:
+            yield (("," if opened else "[") + ",".join(pending)).encode("utf-8")
+            opened = True
+            pending, size = [], 0
+    if not opened:
+        yield ("[" + ",".join(pending) + "]").encode("utf-8")
+    else:
+        yield (("," + ",".join(pending) if pending else "") + "]").encode("utf-8")
