@@ -398,6 +398,21 @@ class Governance:
                                       "members": int(left), "removed": 1})
         return affected
 
+    def datasets_withdrawn_for(self, patient: str) -> frozenset[str]:
+        """Datasets in which ``patient`` has withdrawn consent."""
+        with self._engine.connect() as conn:
+            return frozenset(r.dataset for r in conn.execute(
+                select(withdrawals_table.c.dataset).where(withdrawals_table.c.patient_id == patient)))
+
+    def dataset_patients(self, dataset: str, *, consented_only: bool = True) -> frozenset[str]:
+        """The patients (pseudonyms) the node holds in ``dataset``, without withdrawn ones by default."""
+        from incisive_lab.node._db import patients_table
+
+        with self._engine.connect() as conn:
+            found = frozenset(r.patient_id for r in conn.execute(
+                select(patients_table.c.patient_id).where(patients_table.c.dataset == dataset)))
+        return found - self.withdrawn(dataset) if consented_only else found
+
     def pending(self, datasets: Sequence[str] | None = None) -> list[AccessRequest]:
         """Pending requests (for stewards), of ``datasets`` if given."""
         found = self.requests(status="pending")

@@ -372,6 +372,15 @@ def create_app(settings: ServiceSettings, *, verifier: Any = None, http_transpor
         return JSONResponse(reply.body, status_code=reply.status, headers=dict(reply.headers),
                             media_type="application/fhir+json")
 
+    # --- governance: terms, requests, grants, withdrawals ------------------------------------
+    from incisive_lab.governance.store import Governance
+    from incisive_lab.node.governance_api import add_governance_routes
+
+    governance = Governance(store.engine, ledger)
+    app.state.governance = governance
+    add_governance_routes(app, governance, principal=_principal, ledger=ledger,
+                          patient_studies=lambda p: [s.study_uid for s in store.index.studies(patient_id=p)])
+
     # --- the node's ledger ------------------------------------------------------------------
     @app.get("/ledger/checkpoint")
     def ledger_checkpoint(who: Caller) -> Response:

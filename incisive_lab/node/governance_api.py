@@ -1,0 +1,210 @@
+"""The node's governance endpoints (framework glue over :mod:`incisive_lab.governance`).
+
+=========================================  ==========  ==========================================
+route                                      who         what
+=========================================  ==========  ==========================================
+``GET  /governance/terms/{dataset}``       anyone      the dataset's terms in force (404: none)
+``PUT  /governance/terms/{dataset}``       steward     set new terms (a new version, ledgered)
+``POST /governance/requests``              researcher  ask for a dataset: ``{dataset, purpose,
+                                                       project, criteria?}``
+``GET  /governance/requests``              anyone      my requests; stewards: ``?status=pending``
+                                                       lists everyone's
+``POST /governance/requests/{id}/approve`` steward     ``{days, members?}`` → the grant
+``POST /governance/requests/{id}/reject``  steward     ``{reason}``
+``POST /governance/requests/{id}/withdraw`` requester  withdraw my pending request
+``GET  /governance/grants``                anyone      my active grants (cohort size, expiry)
+``POST /governance/withdrawals``           steward     ``{dataset, patient}``: consent withdrawn
+``GET  /governance/patients/{p}/report``   steward     "what happened to my data": every ledger
+                                                       entry about the patient and their studies
+=========================================  ==========  ==========================================
+
+Refusals are 403 with ``{"error": reason, "message": ...}`` and are ledgered by the
+governance layer (requests) or here (role checks go through the service's handler).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from incisive_lab.access import Principal, Role
+from incisive_lab.governance.policy import Requester
+from incisive_lab.governance.store import Governance, GovernanceError
+from incisive_lab.governance.terms import TermsError
+
+__all__ = ["ORGANISATION_CLAIMS", "add_governance_routes", "purpose_term", "requester_of"]
+
+#: Claims naming the person's organisation, in order (eduGAIN/REFEDS, then a plain one).
+ORGANISATION_CLAIMS = ("schac_home_organization", "org", "organisation")
+_STATUS = {"not-found": 404, "not-pending": 409, "not-owner": 403, "invalid": 400}
+
+
+def requester_of(who: Principal) -> Requester:
+    """The policy's view of a verified caller."""
+    org = next((str(who.claims[c]) for c in ORGANISATION_CLAIMS if isinstance(who.claims.get(c), str)), None)
+    return Requester(subject=who.subject, roles=who.roles, loa=who.loa, organisation=org)
+
+
+def purpose_term(header: str | None) -> str | None:
+    """The purpose term of an ``X-Purpose`` header (``ai-development; project=lung`` → ``ai-development``)."""
+    if not header:
+        return None
+    term = header.split(";", 1)[0].strip().lower()
+    return term or None
+
+
+def _error(exc: GovernanceError | TermsError) -> JSONResponse:
+    if isinstance(exc, TermsError):
+        return JSONResponse({"error": "invalid-terms", "message": str(exc)}, status_code=400)
+    return JSONResponse({"error": exc.reason, "message": str(exc)}, status_code=_STATUS.get(exc.reason, 403))
+
+
+async def _json_body(request: Request) -> dict[str, Any]:
+    try:
+        body = await request.json()
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        raise GovernanceError("the body must be a JSON object", "invalid")
+    return body
+
+
+def add_governance_routes(app: FastAPI, governance: Governance, *, principal: Callable[[Request], Principal],
+                          ledger: Any, patient_studies: Callable[[str], list[str]]) -> None:
+    """Add the routes of the module doc to ``app``.
+
+    ``principal`` verifies the caller (raising the service's AccessError); ``ledger`` is the
+    node's ledger (for the steward's patient report); ``patient_studies`` gives a patient's
+    study UIDs (to find accesses of their images).
+    """
+
+    async def caller(request: Request) -> Principal:
+        return await run_in_threadpool(principal, request)
+
+    @app.get("/governance/terms/{dataset}")
+    async def get_terms(request: Request, dataset: str) -> JSONResponse:
+        await caller(request)
+        terms = await run_in_threadpool(governance.terms, dataset)
+        if terms is None:
+            return JSONResponse({"error": "no-terms", "message": f"dataset {dataset} has no sharing terms"},
+                                status_code=404)
+        return JSONResponse({**terms.to_json(), "sha256": terms.sha256})
+
+    @app.put("/governance/terms/{dataset}")
+    async def put_terms(request: Request, dataset: str) -> JSONResponse:
+        who = await caller(request)
+        who.require_role(Role.STEWARD)
+        try:
+            body = await _json_body(request)
+            terms = await run_in_threadpool(lambda: governance.set_terms(body, actor=who.subject, dataset=dataset))
+        except (GovernanceError, TermsError) as exc:
+            return _error(exc)
+        return JSONResponse({**terms.to_json(), "sha256": terms.sha256})
+
+    @app.post("/governance/requests")
+    async def submit(request: Request) -> JSONResponse:
+        who = await caller(request)
+        try:
+            body = await _json_body(request)
+            unknown = sorted(set(body) - {"dataset", "purpose", "project", "criteria"})
+            if unknown:
+                raise GovernanceError(f"unknown field {unknown[0]!r}", "invalid")
+            if not all(isinstance(body.get(k), str) for k in ("dataset", "purpose", "project")):
+                raise GovernanceError("dataset, purpose and project are required strings", "invalid")
+            criteria = body.get("criteria")
+            if criteria is not None and not isinstance(criteria, dict):
+                raise GovernanceError("criteria must be a JSON object", "invalid")
+            req = await run_in_threadpool(lambda: governance.submit_request(
+                requester_of(who), body["dataset"], purpose=body["purpose"], project=body["project"],
+                criteria=criteria))
+        except GovernanceError as exc:
+            return _error(exc)
+        return JSONResponse(req.to_json(), status_code=201)
+
+    @app.get("/governance/requests")
+    async def list_requests(request: Request, status: str | None = None) -> JSONResponse:
+        who = await caller(request)
+        if who.has_role(Role.STEWARD) and status == "pending":
+            found = await run_in_threadpool(governance.pending)
+        else:
+            found = await run_in_threadpool(lambda: governance.requests(requester=who.subject, status=status))
+        return JSONResponse([r.to_json() for r in found])
+
+    @app.post("/governance/requests/{request_id}/{verb}")
+    async def decide_request(request: Request, request_id: str, verb: str) -> JSONResponse:
+        who = await caller(request)
+        try:
+            if verb == "withdraw":
+                req = await run_in_threadpool(lambda: governance.withdraw_request(request_id, requester=who.subject))
+                return JSONResponse(req.to_json())
+            if verb not in ("approve", "reject"):
+                return JSONResponse({"error": "not-found", "message": f"no action {verb!r}"}, status_code=404)
+            who.require_role(Role.STEWARD)
+            body = await _json_body(request)
+            if verb == "reject":
+                req = await run_in_threadpool(lambda: governance.reject(
+                    request_id, steward=who.subject, reason=str(body.get("reason", ""))))
+                return JSONResponse(req.to_json())
+            days = body.get("days", 365)
+            members = body.get("members")
+            if not isinstance(days, int) or isinstance(days, bool):
+                raise GovernanceError("days must be an integer", "invalid")
+            if members is not None and not (isinstance(members, list) and all(isinstance(m, str) for m in members)):
+                raise GovernanceError("members must be a list of patient pseudonyms", "invalid")
+            req = await run_in_threadpool(governance.request, request_id)
+            cohort: frozenset[str] = (frozenset(members) if members is not None else
+                                      await run_in_threadpool(lambda: governance.dataset_patients(req.dataset)))
+            grant = await run_in_threadpool(lambda: governance.approve(
+                request_id, steward=who.subject, members=cohort, days=days, reason=str(body.get("reason", ""))))
+        except GovernanceError as exc:
+            return _error(exc)
+        return JSONResponse({"grant_id": grant.grant_id, "dataset": grant.dataset, "grantee": grant.grantee,
+                             "purpose": grant.purpose, "expires": grant.expires.isoformat(),
+                             "members": len(grant.members)})
+
+    @app.get("/governance/grants")
+    async def my_grants(request: Request) -> JSONResponse:
+        who = await caller(request)
+        grants = await run_in_threadpool(lambda: governance.grants_for(who.subject))
+        return JSONResponse([{"grant_id": g.grant_id, "dataset": g.dataset, "purpose": g.purpose,
+                              "expires": g.expires.isoformat(), "members": len(g.members)} for g in grants])
+
+    @app.post("/governance/withdrawals")
+    async def withdraw(request: Request) -> JSONResponse:
+        who = await caller(request)
+        who.require_role(Role.STEWARD)
+        try:
+            body = await _json_body(request)
+            dataset, patient = body.get("dataset"), body.get("patient")
+            if not isinstance(dataset, str) or not isinstance(patient, str) or not dataset or not patient:
+                raise GovernanceError("dataset and patient are required", "invalid")
+            if patient not in await run_in_threadpool(lambda: governance.dataset_patients(dataset)):
+                raise GovernanceError(f"dataset {dataset} holds no patient {patient}", "not-found")
+            shrunk = await run_in_threadpool(lambda: governance.withdraw_patient(dataset, patient,
+                                                                                 steward=who.subject))
+        except GovernanceError as exc:
+            return _error(exc)
+        return JSONResponse({"dataset": dataset, "patient": patient, "grants_shrunk": shrunk})
+
+    @app.get("/governance/patients/{patient}/report")
+    async def patient_report(request: Request, patient: str) -> JSONResponse:
+        who = await caller(request)
+        who.require_role(Role.STEWARD, Role.AUDITOR)
+
+        def build() -> dict[str, Any]:
+            resources = [f"patient:{patient}", f"fhir:Patient/{patient}",
+                         *[f"study:{s}" for s in patient_studies(patient)]]
+            checkpoint = ledger.checkpoint()  # one tree for every proof in the report
+            entries: dict[int, Any] = {}
+            for resource in resources:
+                for e in ledger.query(resource=resource, limit=10_000, checkpoint=checkpoint).to_dict()["entries"]:
+                    entries[e["index"]] = e
+            return {"patient": patient, "resources": resources, "checkpoint": str(checkpoint),
+                    "entries": [entries[i] for i in sorted(entries)],
+                    "withdrawn": sorted(governance.datasets_withdrawn_for(patient))}
+
+        return JSONResponse(await run_in_threadpool(build))
