@@ -22,7 +22,8 @@ from functools import cache
 from importlib import resources
 from types import MappingProxyType
 
-__all__ = ["Code", "all_concepts", "concept", "system_uris"]
+__all__ = ["Code", "all_concepts", "concept", "hierarchy_concepts", "snomed_concept", "snomed_descendants",
+           "system_uris"]
 
 
 @dataclass(frozen=True)
@@ -87,3 +88,64 @@ def concept(key: str) -> Code:
         If the table has no such concept.
     """
     return _load()[1][key]
+
+
+@cache
+def _hierarchy() -> tuple[Mapping[str, Code], Mapping[str, frozenset[str]]]:
+    """``(extra concepts by key, SNOMED CT code -> itself and its descendants)``."""
+    text = resources.files("incisive_lab.cdm").joinpath("data/hierarchy.json").read_text("utf-8")
+    raw = json.loads(text)
+    if raw.get("format") != "incisive-cdm-hierarchy/1":
+        raise ValueError("incisive_lab/cdm/data/hierarchy.json: unknown format")
+    extra = {key: Code(system, code, display)
+             for key, (system, code, display) in raw.get("extra_concepts", {}).items()}
+    known = {**all_concepts(), **extra}
+    children: dict[str, set[str]] = {}
+    for child_key, parent_key in raw["is_a"]:
+        for key in (child_key, parent_key):
+            if key not in known or known[key].system != "SCT":
+                raise ValueError(f"hierarchy.json: {key!r} is not a SNOMED CT concept of the tables")
+        children.setdefault(known[parent_key].code, set()).add(known[child_key].code)
+
+    def below(code: str, path: tuple[str, ...]) -> set[str]:
+        if code in path:
+            raise ValueError(f"hierarchy.json: cycle through SNOMED CT {code}")
+        out = {code}
+        for child in children.get(code, ()):
+            out |= below(child, (*path, code))
+        return out
+
+    codes = {c.code for c in known.values() if c.system == "SCT"}
+    return (MappingProxyType(extra),
+            MappingProxyType({code: frozenset(below(code, ())) for code in codes}))
+
+
+def hierarchy_concepts() -> Mapping[str, Code]:
+    """Concepts that only the hierarchy adds (query roots such as *Malignant neoplastic disease*)."""
+    return _hierarchy()[0]
+
+
+def snomed_concept(code: str) -> Code | None:
+    """The SNOMED CT concept with id `code` in the tables or the hierarchy, else ``None``."""
+    for c in (*all_concepts().values(), *hierarchy_concepts().values()):
+        if c.system == "SCT" and c.code == code:
+            return c
+    return None
+
+
+def snomed_descendants(code: str) -> frozenset[str]:
+    """`code` and every SNOMED CT code of the tables that is-a `code` (SNOMED's ``<< code``).
+
+    Only the relations of ``data/hierarchy.json`` are known (see ``data/README.md``).
+
+    Raises
+    ------
+    KeyError
+        If `code` is not a SNOMED CT code of the tables or the hierarchy.
+
+    Examples
+    --------
+    >>> sorted(snomed_descendants("387713003"))[:2]
+    ['173171007', '23968004']
+    """
+    return _hierarchy()[1][code]
