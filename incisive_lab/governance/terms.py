@@ -41,6 +41,7 @@ from enum import StrEnum
 from typing import Any
 
 from incisive_lab.access import LoA, Role
+from incisive_lab.cohort.disclosure import DEFAULT_FLOOR, MIN_FLOOR
 from incisive_lab.errors import IncisiveLabError
 
 __all__ = ["DEFAULT_FLOOR", "MIN_FLOOR", "PURPOSES", "SharingTerms", "TermsError", "Visibility"]
@@ -54,9 +55,6 @@ PURPOSES: Mapping[str, str] = {
     "ai-validation": "validating or benchmarking AI models",
     "education": "teaching and training of professionals",
 }
-DEFAULT_FLOOR = 10
-#: No dataset may set a floor below this: counts of 1 or 2 identify people.
-MIN_FLOOR = 3
 _HOSTINGS = ("federated", "central")
 _KEYS = frozenset({"dataset", "hosting", "visibility", "organisations", "roles", "purposes", "min_loa",
                    "floor", "expires", "version"})

@@ -16,6 +16,11 @@ route                                      who         what
 ``POST /governance/withdrawals``           steward     ``{dataset, patient}``: consent withdrawn
 ``GET  /governance/patients/{p}/report``   steward     "what happened to my data": every ledger
                                                        entry about the patient and their studies
+``POST /cohort/count``                     per terms   ``{criteria, members?, datasets?,
+                                                       broker_floor?, rounding?}``: suppressed
+                                                       counts per dataset the terms allow;
+                                                       member lists only under a grant, only
+                                                       the grant's cohort
 =========================================  ==========  ==========================================
 
 Refusals are 403 with ``{"error": reason, "message": ...}`` and are ledgered by the
@@ -24,6 +29,8 @@ governance layer (requests) or here (role checks go through the service's handle
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -74,7 +81,7 @@ async def _json_body(request: Request) -> dict[str, Any]:
 
 
 def add_governance_routes(app: FastAPI, governance: Governance, *, principal: Callable[[Request], Principal],
-                          ledger: Any, patient_studies: Callable[[str], list[str]]) -> None:
+                          ledger: Any, patient_studies: Callable[[str], list[str]], store: Any = None) -> None:
     """Add the routes of the module doc to ``app``.
 
     ``principal`` verifies the caller (raising the service's AccessError); ``ledger`` is the
@@ -208,3 +215,85 @@ def add_governance_routes(app: FastAPI, governance: Governance, *, principal: Ca
                     "withdrawn": sorted(governance.datasets_withdrawn_for(patient))}
 
         return JSONResponse(await run_in_threadpool(build))
+
+    if store is None:
+        return
+    from incisive_lab.cohort import CohortError, QueryGuard, run_cohort_query
+    from incisive_lab.cohort.guard import BudgetExceeded, QueryRefused
+    from incisive_lab.governance.policy import Action
+    from incisive_lab.ledger import Event, Outcome
+
+    guard = QueryGuard(store.engine)
+
+    def count(who: Principal, body: dict[str, Any], purpose: str | None, purpose_header: str) -> JSONResponse:
+        requester = requester_of(who)
+        unknown = sorted(set(body) - {"criteria", "members", "datasets", "broker_floor", "rounding"})
+        if unknown:
+            raise GovernanceError(f"unknown field {unknown[0]!r}", "invalid")
+        names = [d.name for d in store.index.datasets()]
+        wanted = body.get("datasets")
+        if wanted is not None:
+            if not isinstance(wanted, list) or not all(isinstance(w, str) for w in wanted):
+                raise GovernanceError("datasets must be a list of dataset names", "invalid")
+            missing = sorted(set(wanted) - set(names))
+            if missing:
+                raise GovernanceError(f"this node holds no dataset {missing[0]!r}", "not-found")
+            names = [n for n in names if n in wanted]
+        allowed, denied, floors, member_sets = [], {}, {}, {}
+        for name in names:
+            d = governance.decide(requester, Action.COUNT, name, purpose=purpose)
+            if not d.allowed:
+                denied[name] = d.reason
+                continue
+            terms = governance.terms(name)
+            assert terms is not None
+            allowed.append(name)
+            floors[name] = terms.floor
+            grants = [g for g in governance.grants_for(who.subject, dataset=name) if g.purpose == purpose]
+            if grants and governance.decide(requester, Action.LIST_MEMBERS, name, purpose=purpose).allowed:
+                member_sets[name] = frozenset().union(*(g.members for g in grants))
+        query_hash = hashlib.sha256(json.dumps(body.get("criteria"), sort_keys=True, default=str).encode()).hexdigest()
+        base: dict[str, Any] = {"kind": "query", "actor": f"user:{who.subject}", "action": "cohort",
+                                "resource": "node:cohort", "purpose": purpose_header or "unspecified"}
+        if not allowed:
+            ledger.append(Event(**base, outcome=Outcome.deny("no-dataset-allowed"),
+                                details={"datasets": names, "query_sha256": query_hash}))
+            return JSONResponse({"format": "incisive-cohort-answer/1", "datasets": [], "denied": denied})
+        withdrawn = governance.withdrawn()
+        try:
+            answer = run_cohort_query(store, body.get("criteria") or {}, user=who.subject, guard=guard,
+                                      floor=floors, broker_floor=body.get("broker_floor"),
+                                      rounding=body.get("rounding", 1), withdrawn=withdrawn,
+                                      members=bool(body.get("members")), member_datasets=set(member_sets),
+                                      datasets=allowed)
+        except QueryRefused as exc:
+            ledger.append(Event(**base, outcome=Outcome.deny(exc.reason),
+                                details={"datasets": allowed, "query_sha256": query_hash}))
+            return JSONResponse({"error": exc.reason, "message": str(exc)},
+                                status_code=429 if isinstance(exc, BudgetExceeded) else 403)
+        out = answer.to_json()
+        if member_sets and body.get("members"):  # a grant lists its own cohort only
+            for item in out["datasets"]:
+                cohort = member_sets.get(item["dataset"])
+                if cohort is not None and "members" in item:
+                    keep = {s.study_uid for s in store.index.studies(dataset=item["dataset"])
+                            if s.patient_id in cohort}
+                    item["members"] = [m for m in item["members"] if m["study_uid"] in keep]
+        out["denied"] = denied
+        ledger.append(Event(**base, outcome=Outcome.allow("terms"), details={
+            "datasets": allowed, "query_sha256": query_hash,
+            "suppressed": any(d["suppressed"] for d in out["datasets"]),
+            "floor": min(d["floor"] for d in out["datasets"])}))
+        return JSONResponse(out)
+
+    @app.post("/cohort/count")
+    async def cohort_count(request: Request) -> JSONResponse:
+        who = await caller(request)
+        header = request.headers.get("x-purpose", "").strip()[:200]
+        try:
+            body = await _json_body(request)
+            return await run_in_threadpool(count, who, body, purpose_term(header), header)
+        except GovernanceError as exc:
+            return _error(exc)
+        except CohortError as exc:
+            return JSONResponse({"error": "invalid-criteria", "message": str(exc)}, status_code=400)

@@ -379,7 +379,8 @@ def create_app(settings: ServiceSettings, *, verifier: Any = None, http_transpor
     governance = Governance(store.engine, ledger)
     app.state.governance = governance
     add_governance_routes(app, governance, principal=_principal, ledger=ledger,
-                          patient_studies=lambda p: [s.study_uid for s in store.index.studies(patient_id=p)])
+                          patient_studies=lambda p: [s.study_uid for s in store.index.studies(patient_id=p)],
+                          store=store)
 
     # --- the node's ledger ------------------------------------------------------------------
     @app.get("/ledger/checkpoint")

@@ -103,3 +103,38 @@ def test_terms_request_grant_withdrawal_and_the_patient_report(node: Node) -> No
                  ("request", "approve", True), ("grant", "grant", True), ("consent", "withdraw", True),
                  ("grant", "modify", True)]:
         assert step in kinds, step
+
+
+def test_cohort_counts_follow_the_terms_the_floor_grants_and_withdrawals(node: Node) -> None:
+    """Runs after the life-cycle test: terms are set, the researcher holds a grant of 2 patients."""
+    with NodeStore.open(node.root) as store:
+        dataset = store.index.datasets()[0].name
+    query = {"criteria": {"imaging": {"modality": ["CT", "MR", "MG"]}}, "members": True}
+    # no purpose the terms permit: denied per dataset, and ledgered
+    r = httpx.post(node.url + "/cohort/count", json=query, headers=node.h("researcher", "education"))
+    assert r.status_code == 200 and r.json()["denied"] == {dataset: "purpose-not-permitted"}
+    # the small node has 6 patients (one withdrawn): below the floor of 10, so no number and no members
+    r = httpx.post(node.url + "/cohort/count", json=query, headers=node.h("researcher"))
+    (answer,) = r.json()["datasets"]
+    assert answer["count"] == "<10" and answer["suppressed"] and "members" not in answer
+    # a lower floor (terms v2) lets the count through; members only for the grant's cohort
+    assert node.call("PUT", f"/governance/terms/{dataset}", "steward", json={**TERMS, "floor": 3}).status_code == 200
+    r = httpx.post(node.url + "/cohort/count", json=query, headers=node.h("researcher"))
+    (answer,) = r.json()["datasets"]
+    assert answer["count"] == 5  # 6 patients, 1 withdrawn
+    with NodeStore.open(node.root) as store:
+        assert [g["members"] for g in node.call("GET", "/governance/grants", "researcher").json()] == [2]
+        studies = {s.study_uid: s.patient_id for s in store.index.studies(dataset=dataset)}
+    listed = {m["study_uid"] for m in answer["members"]}
+    grant_patients = {studies[s] for s in listed}
+    assert len(grant_patients) == 2, "member lists cover the grant's cohort only"
+    # a broker floor below the node's is ignored; an annotator without a grant gets no members
+    r = httpx.post(node.url + "/cohort/count", json={**query, "broker_floor": 2}, headers=node.h("annotator"))
+    (answer,) = r.json()["datasets"]
+    assert answer["floor"] == 3 and "members" not in answer
+    bad = httpx.post(node.url + "/cohort/count", json={"criteria": {"imaging": {"modality": ["XX"]}}},
+                     headers=node.h("researcher"))
+    assert bad.status_code == 400 and "modality" in bad.json()["message"]
+    cohort_events = [e for e in node.events() if e.kind == "query" and e.action == "cohort"]
+    assert len(cohort_events) >= 4
+    assert any(not e.outcome.allowed for e in cohort_events)
