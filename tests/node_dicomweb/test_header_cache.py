@@ -187,3 +187,24 @@ def test_every_stored_object_of_the_node_matches_pydicom(small_node: Path) -> No
             handled += 1
             assert json.dumps(fast[0], sort_keys=True) == json.dumps(_pydicom_json(data), sort_keys=True), path
     assert handled >= len(objects) * 0.9  # de-identified output is the usual explicit VR LE
+
+
+def test_the_cache_keeps_the_most_recent_headers_within_its_count_and_bytes(tmp_path: Path) -> None:
+    shas = []
+    for i in range(4):
+        data = _file(_base(StudyDescription=f"study {i}"))
+        sha = f"{i:02x}" * 32
+        (tmp_path / sha[:2]).mkdir()
+        (tmp_path / sha[:2] / f"{sha}.dcm").write_bytes(data)
+        shas.append(sha)
+    by_count = HeaderCache(tmp_path, size=2)
+    for sha in shas:
+        by_count.get(sha)
+    assert list(by_count._items) == shas[2:]
+    one = len(by_count.get(shas[3]).json_text)
+    by_bytes = HeaderCache(tmp_path, size=100, max_bytes=one * 3 - 1)
+    for sha in shas:
+        by_bytes.get(sha)
+    by_bytes.get(shas[2])  # used again: the oldest is dropped, not it
+    assert list(by_bytes._items) == [shas[3], shas[2]]
+    assert by_bytes._bytes == sum(len(h.json_text) for h in by_bytes._items.values())

@@ -66,12 +66,17 @@ class HeaderCache:
     objects_dir
         The node's ``objects`` directory.
     size
-        How many headers to keep (each a few kilobytes of JSON).
+        How many headers to keep at most (a CT or MR slice's is a few kilobytes of JSON).
+    max_bytes
+        How many characters of JSON to keep at most (enhanced multi-frame headers can be
+        megabytes each); the least recently used go first.
     """
 
-    def __init__(self, objects_dir: Path, size: int = 4096) -> None:
+    def __init__(self, objects_dir: Path, size: int = 32768, max_bytes: int = 128 << 20) -> None:
         self._dir = objects_dir
         self._size = size
+        self._max_bytes = max_bytes
+        self._bytes = 0
         self._items: OrderedDict[str, StoredHeader] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -95,10 +100,14 @@ class HeaderCache:
                 return found
         header = self._read(sha256)
         with self._lock:
+            old = self._items.pop(sha256, None)  # read twice by two threads at once
+            if old is not None:
+                self._bytes -= len(old.json_text)
             self._items[sha256] = header
-            self._items.move_to_end(sha256)
-            while len(self._items) > self._size:
-                self._items.popitem(last=False)
+            self._bytes += len(header.json_text)
+            while self._items and (len(self._items) > self._size or self._bytes > self._max_bytes):
+                _sha, dropped = self._items.popitem(last=False)
+                self._bytes -= len(dropped.json_text)
         return header
 
     def _read(self, sha256: str) -> StoredHeader:
@@ -113,19 +122,19 @@ class HeaderCache:
         except OSError as exc:
             raise DicomwebError(404, f"object {sha256} cannot be read: {exc}") from None
         if fast is not None:
-            doc, ts = fast
+            doc, ts = fast  # in tag order already (the reader refuses any other order)
         else:
             try:
                 ds = pydicom.dcmread(path, stop_before_pixels=True)
             except (OSError, InvalidDicomError, EOFError, ValueError) as exc:
                 raise DicomwebError(404, f"object {sha256} cannot be read: {exc}") from None
             ts = str(ds.file_meta.get("TransferSyntaxUID", "")) if hasattr(ds, "file_meta") else ""
-            doc = ds.to_json_dict(bulk_data_threshold=1 << 62)
+            doc = dict(sorted(ds.to_json_dict(bulk_data_threshold=1 << 62).items()))
         pixel_vr: str | None = None
         if "00280010" in doc and "00280011" in doc and "00280100" in doc:
             bits = int((doc["00280100"].get("Value") or [0])[0] or 0)
             pixel_vr = "OB" if _is_encapsulated(ts) or bits <= 8 else "OW"
-        text = json.dumps(dict(sorted(doc.items())), separators=(",", ":"), ensure_ascii=False)
+        text = json.dumps(doc, separators=(",", ":"), ensure_ascii=False)
         return StoredHeader(text, pixel_vr)
 
 
@@ -139,19 +148,35 @@ _NOT_EXPLICIT_LE = (_IMPLICIT_LE, "1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99
 _PIXEL_TAGS = (0x7FE00008, 0x7FE00009, 0x7FE00010)
 _UNDEFINED = 0xFFFFFFFF
 _ITEM, _ITEM_END, _SEQ_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
-_LONG_VRS = frozenset(("OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UR", "UT", "UV"))
+_LONG_VRS = frozenset((b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UR", b"UT",
+                       b"UV"))
+_SHORT_VRS = frozenset((b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FD", b"FL", b"IS", b"LO",
+                        b"LT", b"PN", b"SH", b"SL", b"SS", b"ST", b"TM", b"UI", b"UL", b"US"))
+_VR_NAMES = {vr: vr.decode("ascii") for vr in _LONG_VRS | _SHORT_VRS}
 _BINARY_VRS = frozenset(("OB", "OD", "OF", "OL", "OV", "OW"))
-_NUMBER_VRS = {"US": "H", "SS": "h", "UL": "L", "SL": "l", "FL": "f", "FD": "d", "SV": "q",
-               "UV": "Q"}
-_SPLIT_VRS = frozenset(("AS", "CS", "DA", "DT", "TM", "UI", "DS", "IS"))  # latin-1, split, rstrip
+_NUMBER_VRS = {"US": ("H", 2), "SS": ("h", 2), "UL": ("L", 4), "SL": ("l", 4), "FL": ("f", 4),
+               "FD": ("d", 8), "SV": ("q", 8), "UV": ("Q", 8)}
+_SPLIT_VRS = frozenset(("AS", "CS", "DA", "DT", "TM", "UI"))  # latin-1, rstrip, split
 _TEXT_MULTI_VRS = frozenset(("SH", "LO", "UC"))   # character set, split, rstrip per value
 _TEXT_SINGLE_VRS = frozenset(("ST", "LT", "UT"))  # character set, one value, rstrip
 _ENCODINGS = {"": "latin-1", "ISO_IR 6": "latin-1", "ISO_IR 100": "latin-1",
               "ISO_IR 192": "utf-8"}
-_DS = re.compile(r" *[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)? *")
-_IS = re.compile(r" *[+-]?[0-9]+ *")
+_NUMBER = r" *[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)? *"
+_DS = re.compile(rf"{_NUMBER}(?:\\{_NUMBER})*")
+_IS = re.compile(r" *[+-]?[0-9]+ *(?:\\ *[+-]?[0-9]+ *)*")
 _HEADER = struct.Struct("<HH2sH")
+_ITEM_HEADER = struct.Struct("<HHI")
 _U32 = struct.Struct("<I")
+_KEYS: dict[int, str] = {}
+
+
+def _key(tag: int) -> str:
+    key = _KEYS.get(tag)
+    if key is None:
+        key = f"{tag:08X}"
+        if len(_KEYS) < 1 << 16:
+            _KEYS[tag] = key
+    return key
 
 
 class _Unsupported(Exception):
@@ -189,7 +214,7 @@ def _header_json(data: bytes, complete: bool) -> tuple[dict[str, Any], str]:
     end = len(data)
     while pos + 8 <= end and data[pos] == 2 and data[pos + 1] == 0:
         _group, elem, vr, length = _HEADER.unpack_from(data, pos)
-        if vr.decode("latin-1") in _LONG_VRS or vr == b"UN":
+        if vr in _LONG_VRS or vr == b"UN":
             length = _U32.unpack_from(data, pos + 8)[0]
             pos += 12
         else:
@@ -201,7 +226,7 @@ def _header_json(data: bytes, complete: bool) -> tuple[dict[str, Any], str]:
         pos += length
     if not ts or ts in _NOT_EXPLICIT_LE:
         raise _Unsupported
-    doc, stop = _Reader(data).dataset(pos, end, top=True)
+    doc, stop = _Reader(data).dataset(pos, end, 0)
     if stop >= end and not complete:
         raise _Unsupported  # no Pixel Data within what was read: there may be more header
     return doc, ts
@@ -214,53 +239,58 @@ class _Reader:
         self.data = data
         self.encoding = "latin-1"
 
-    def dataset(self, pos: int, end: int, *, top: bool = False,
-                depth: int = 0) -> tuple[dict[str, Any], int]:
-        """Elements from ``pos`` to ``end`` (an undefined-length item ends at its delimiter)."""
+    def dataset(self, pos: int, end: int, depth: int) -> tuple[dict[str, Any], int]:
+        """Elements from ``pos`` to ``end``: the data set up to Pixel Data (``depth`` 0), a
+        defined-length item (``end`` its end) or an undefined-length item (``end`` the end of
+        the data; it stops after its delimiter)."""
         if depth > 16:
             raise _Unsupported
         data = self.data
+        size = len(data)
+        unpack = _HEADER.unpack_from
         out: dict[str, Any] = {}
         last = -1
         while pos < end:
-            if pos + 8 > len(data):
+            if pos + 8 > size:
                 raise _Unsupported  # the header runs past what was read
-            group, elem, vr_bytes, length = _HEADER.unpack_from(data, pos)
+            group, elem, vr, length = unpack(data, pos)
             tag = (group << 16) | elem
-            if tag == _ITEM_END and not top:
+            if depth == 0:
+                if tag in _PIXEL_TAGS:
+                    return out, pos
+            elif tag == _ITEM_END:
+                if end != size:
+                    raise _Unsupported  # a delimiter inside a defined-length item
                 return out, pos + 8
-            if top and tag in _PIXEL_TAGS:
-                return out, pos
-            if tag <= last or elem == 0 or group in (0x0002, 0xFFFE):
+            if tag <= last or elem == 0 or group == 0x0002 or group == 0xFFFE:
                 raise _Unsupported  # out of order, group length, stray delimiter
             last = tag
-            vr = vr_bytes.decode("latin-1")
-            if vr in _LONG_VRS:
+            if vr in _SHORT_VRS:
+                pos += 8
+            elif vr in _LONG_VRS:
                 length = _U32.unpack_from(data, pos + 8)[0]
                 pos += 12
-            elif vr == "UN" or not ("A" <= vr[0] <= "Z" and "A" <= vr[1] <= "Z"):
-                raise _Unsupported  # pydicom may reinterpret UN by the dictionary
             else:
-                pos += 8
-            key = f"{tag:08X}"
-            if vr == "SQ":
+                raise _Unsupported  # UN (pydicom may reinterpret it by the dictionary), bad VR
+            name = _VR_NAMES[vr]
+            if name == "SQ":
                 items, pos = self.sequence(pos, length, depth)
-                out[key] = {"vr": vr, "Value": items}
+                out[_key(tag)] = {"vr": name, "Value": items}
                 continue
-            if length == _UNDEFINED or pos + length > len(data):
+            if length == _UNDEFINED or pos + length > size:
                 raise _Unsupported
             raw = data[pos:pos + length]
             pos += length
             if tag == 0x00080005:
                 if depth:
                     raise _Unsupported  # a character set of its own inside an item
-                name = raw.decode("latin-1").rstrip("\0 ")
-                if name not in _ENCODINGS:
+                charset = raw.decode("latin-1").rstrip("\0 ")
+                if charset not in _ENCODINGS:
                     raise _Unsupported
-                self.encoding = _ENCODINGS[name]
-            out[key] = self.element(vr, raw)
-        if not top:
-            raise _Unsupported  # defined-length item handled by the caller
+                self.encoding = _ENCODINGS[charset]
+            out[_key(tag)] = self.element(name, raw)
+        if depth and end == size:
+            raise _Unsupported  # an undefined-length item without its delimiter
         return out, pos
 
     def sequence(self, pos: int, length: int, depth: int) -> tuple[list[dict[str, Any]], int]:
@@ -274,66 +304,59 @@ class _Reader:
                 return items, pos
             if pos + 8 > len(data):
                 raise _Unsupported
-            group, elem = struct.unpack_from("<HH", data, pos)
+            group, elem, item_len = _ITEM_HEADER.unpack_from(data, pos)
             tag = (group << 16) | elem
-            item_len = _U32.unpack_from(data, pos + 4)[0]
             pos += 8
             if tag == _SEQ_END and stop is None:
                 return items, pos
             if tag != _ITEM:
                 raise _Unsupported
             if item_len == _UNDEFINED:
-                item, pos = self.dataset(pos, len(data), depth=depth + 1)
+                item, pos = self.dataset(pos, len(data), depth + 1)
             else:
-                item, pos = self.defined_item(pos, pos + item_len, depth + 1)
+                if pos + item_len > len(data) or (stop is not None and pos + item_len > stop):
+                    raise _Unsupported
+                item, pos = self.dataset(pos, pos + item_len, depth + 1)
             items.append(item)
-
-    def defined_item(self, pos: int, end: int, depth: int) -> tuple[dict[str, Any], int]:
-        item, after = self.dataset(pos, end, top=True, depth=depth)
-        if after != end:
-            raise _Unsupported  # Pixel Data inside an item, or an overrun
-        return item, after
 
     def element(self, vr: str, raw: bytes) -> dict[str, Any]:
         out: dict[str, Any] = {"vr": vr}
         if vr in _SPLIT_VRS:
-            text = raw.decode("latin-1")
-            while text and text[-1] in " \0":
-                text = text[:-1]
-            if not text:
-                return out
-            values = text.split("\\")
-            if vr == "DS":
-                if not all(_DS.fullmatch(v) for v in values):
+            text = raw.decode("latin-1").rstrip(" \0")
+            if text:
+                out["Value"] = text.split("\\")
+        elif vr == "DS":
+            text = raw.decode("latin-1").rstrip(" \0")
+            if text:
+                if not _DS.fullmatch(text):
                     raise _Unsupported
-                out["Value"] = [float(v) for v in values]
-            elif vr == "IS":
-                if not all(_IS.fullmatch(v) for v in values):
+                out["Value"] = [float(v) for v in text.split("\\")]
+        elif vr == "IS":
+            text = raw.decode("latin-1").rstrip(" \0")
+            if text:
+                if not _IS.fullmatch(text):
                     raise _Unsupported
-                out["Value"] = [int(v) for v in values]
-            else:
-                out["Value"] = values
+                out["Value"] = [int(v) for v in text.split("\\")]
         elif vr in _TEXT_MULTI_VRS:
             values = [v.decode(self.encoding).rstrip("\0 ") for v in raw.split(b"\\")]
             if len(values) > 1 or values[0]:
                 out["Value"] = values
-        elif vr in _TEXT_SINGLE_VRS:
-            text = raw.decode(self.encoding).rstrip("\0 ")
-            if text:
-                out["Value"] = [text]
+        elif vr in _NUMBER_VRS:
+            fmt, size = _NUMBER_VRS[vr]
+            if len(raw) % size:
+                raise _Unsupported
+            if raw:
+                out["Value"] = list(struct.unpack(f"<{len(raw) // size}{fmt}", raw))
         elif vr == "PN":
             text = raw.rstrip(b"\0 ").decode(self.encoding)
             if "\\" in text or "=" in text:
                 raise _Unsupported
             if text:
                 out["Value"] = [{"Alphabetic": text}]
-        elif vr in _NUMBER_VRS:
-            fmt = _NUMBER_VRS[vr]
-            size = struct.calcsize(fmt)
-            if len(raw) % size:
-                raise _Unsupported
-            if raw:
-                out["Value"] = list(struct.unpack(f"<{len(raw) // size}{fmt}", raw))
+        elif vr in _TEXT_SINGLE_VRS:
+            text = raw.decode(self.encoding).rstrip("\0 ")
+            if text:
+                out["Value"] = [text]
         elif vr in _BINARY_VRS:
             if raw:
                 out["InlineBinary"] = base64.b64encode(raw).decode("ascii")

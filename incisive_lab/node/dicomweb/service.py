@@ -84,7 +84,7 @@ class DicomwebService(QidoRoutes):
         The largest QIDO-RS ``limit`` (and the default); a larger one is a 400.
     header_cache_size
         How many objects' headers to keep as DICOM JSON (objects never change, so cached
-        headers never go stale).
+        headers never go stale); at most 128 MiB of them whatever the number.
 
     Examples
     --------
@@ -95,7 +95,7 @@ class DicomwebService(QidoRoutes):
     """
 
     def __init__(self, store: NodeStore, *, max_limit: int = MAX_LIMIT,
-                 header_cache_size: int = 4096) -> None:
+                 header_cache_size: int = 32768) -> None:
         self._store = store
         self._index = store.index
         self._max_limit = max_limit
