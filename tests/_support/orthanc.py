@@ -34,9 +34,10 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -93,6 +94,7 @@ class OrthancServer:
     dicom_port: int
     process: subprocess.Popen[bytes]
     _stopped: bool = field(default=False, repr=False)
+    keep: bool = field(default=False, repr=False)  #: keep ``root`` (storage, index) at stop
 
     @property
     def url(self) -> str:
@@ -128,8 +130,53 @@ class OrthancServer:
                 n += 1
         return n
 
+    def upload_many(self, files: Iterable[Path], *, threads: int = 4,
+                    progress: bool = False, total: int | None = None) -> int:
+        """Store DICOM files through ``POST /instances`` from ``threads`` keep-alive clients.
+
+        Like :meth:`upload`, for large sets (Orthanc stores concurrent uploads in parallel);
+        ``progress`` shows a tqdm bar of ``total`` files.
+        """
+        import threading
+        from concurrent.futures import ThreadPoolExecutor
+
+        local = threading.local()
+        clients: list[httpx.Client] = []
+        lock = threading.Lock()
+
+        def one(path: Path) -> None:
+            client = getattr(local, "client", None)
+            if client is None:
+                client = local.client = httpx.Client(base_url=self.url, timeout=120)
+                with lock:
+                    clients.append(client)
+            r = client.post("/instances", content=Path(path).read_bytes(),
+                            headers={"Content-Type": "application/dicom"})
+            if r.status_code != 200:
+                raise RuntimeError(f"Orthanc refused {path}: {r.status_code} {r.text[:200]}")
+
+        bar: Any = None
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=total, unit="file", desc="orthanc upload")
+        n = 0
+        try:
+            with ThreadPoolExecutor(threads) as pool:
+                for _ in pool.map(one, files):
+                    n += 1
+                    if bar is not None:
+                        bar.update(1)
+        finally:
+            if bar is not None:
+                bar.close()
+            for client in clients:
+                client.close()
+        return n
+
     def stop(self) -> None:
-        """Stop the server (SIGTERM, then SIGKILL after 10 s) and remove its directory."""
+        """Stop the server (SIGTERM, then SIGKILL after 10 s) and remove its directory
+        (unless it was started with a ``root`` to keep)."""
         if self._stopped:
             return
         self._stopped = True
@@ -140,7 +187,8 @@ class OrthancServer:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(10)
-        shutil.rmtree(self.root, ignore_errors=True)
+        if not self.keep:
+            shutil.rmtree(self.root, ignore_errors=True)
 
 
 def _config(root: Path, http_port: int, dicom_port: int, plugin: Path) -> dict[str, object]:
@@ -176,8 +224,25 @@ def _config(root: Path, http_port: int, dicom_port: int, plugin: Path) -> dict[s
     }
 
 
-def start_orthanc(*, attempts: int = 3, timeout: float = 30.0) -> OrthancServer:
+def start_orthanc(*, attempts: int = 3, timeout: float = 30.0, root: Path | None = None,
+                  config: Mapping[str, Any] | None = None,
+                  dicomweb: Mapping[str, Any] | None = None) -> OrthancServer:
     """Start a fresh Orthanc on free loopback ports and wait for ``GET /system``.
+
+    Parameters
+    ----------
+    attempts, timeout
+        Tries, and seconds to wait for each.
+    root
+        A directory to keep (storage, index, configuration and log) instead of a
+        temporary one removed at stop: a later call with the same ``root`` serves the
+        same data (benchmarks reuse a large store this way).
+    config
+        Top-level configuration options that replace the defaults (e.g.
+        ``{"SyncStorageArea": False}`` while loading a throw-away store).
+    dicomweb
+        Options of the ``DicomWeb`` section that replace its defaults (e.g.
+        ``{"SeriesMetadata": "MainDicomTags"}``).
 
     Raises
     ------
@@ -188,18 +253,25 @@ def start_orthanc(*, attempts: int = 3, timeout: float = 30.0) -> OrthancServer:
     binary = find_orthanc()
     plugin = find_dicomweb_plugin()
     last_log = ""
+    keep = root is not None
     for _ in range(attempts):
-        root = Path(tempfile.mkdtemp(prefix="incisive-orthanc-"))
+        where = Path(root).resolve() if root is not None else Path(tempfile.mkdtemp(prefix="incisive-orthanc-"))
+        where.mkdir(parents=True, exist_ok=True)
         http_port, dicom_port = free_port(), free_port()
         while dicom_port == http_port:
             dicom_port = free_port()
-        config = root / "config.json"
-        config.write_text(json.dumps(_config(root, http_port, dicom_port, plugin), indent=2))
-        log = (root / "orthanc.log").open("wb")
-        proc = subprocess.Popen([binary, str(config)], cwd=root, stdout=log,
+        settings = _config(where, http_port, dicom_port, plugin)
+        settings.update(config or {})
+        web = dict(settings["DicomWeb"])  # type: ignore[call-overload]
+        web.update(dicomweb or {})
+        settings["DicomWeb"] = web
+        config_file = where / "config.json"
+        config_file.write_text(json.dumps(settings, indent=2))
+        log = (where / "orthanc.log").open("wb")
+        proc = subprocess.Popen([binary, str(config_file)], cwd=where, stdout=log,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         log.close()
-        server = OrthancServer(root, http_port, dicom_port, proc)
+        server = OrthancServer(where, http_port, dicom_port, proc, keep=keep)
         atexit.register(server.stop)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and proc.poll() is None:
