@@ -11,8 +11,8 @@ request by request, after a warm-up that is not counted:
   ``limit=100``, and the same range with ``ModalitiesInStudy=MR``;
 * WADO-RS series metadata: first touch (a series not asked for before in this run) and
   warm (asked again);
-* WADO-RS series retrieval: ``multipart/related; type="application/dicom"``, the whole body
-  read.
+* WADO-RS series retrieval: ``multipart/related; type="application/dicom";
+  transfer-syntax=*`` (as stored, what viewers ask for), the whole body read.
 
 Every request to the node carries a real access token of the development identity
 provider (npm oidc-provider), which the node verifies (JWKS, claims, level of assurance,
@@ -23,7 +23,8 @@ number of instances and parts) before any timing counts.
 
 Orthanc is configured as a performance-minded operator would (see :data:`ORTHANC_CONFIG`):
 ``StorageAccessOnFind: Never`` (QIDO from its database only, as the node answers from its
-index), a 1 GiB storage cache, no compression, 16 HTTP threads, and
+index), a 1 GiB storage cache, no storage or HTTP compression (the node compresses
+neither), 16 HTTP threads, and
 ``SeriesMetadata: Full`` (the full header of every instance, which is what the node
 returns and what viewers need); its ``MainDicomTags`` mode is measured too, for
 information (it returns only the attributes Orthanc keeps in its database).
