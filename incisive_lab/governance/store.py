@@ -354,12 +354,30 @@ class Governance:
     # ---------------------------------------------------------------- consent withdrawal
 
     def withdrawn(self, dataset: str | None = None) -> frozenset[str]:
-        """Patients whose consent is withdrawn (of ``dataset``, or of any dataset)."""
+        """Patients who do not (or no longer) consent, of ``dataset`` or of any dataset.
+
+        Those whose withdrawal a steward recorded, and those whose FHIR Consent (from the
+        clinical data, or written through the FHIR API) is anything but ``active`` — a
+        draft, a refusal, an inactive (withdrawn) consent. A patient without any Consent
+        resource (an images-only dataset) is governed by the dataset's terms alone.
+        """
+        from incisive_lab.node._db import fhir_table
+
         q = select(withdrawals_table.c.patient_id)
+        c = select(fhir_table.c.patient_ref, fhir_table.c.content).where(fhir_table.c.resource_type == "Consent")
         if dataset is not None:
             q = q.where(withdrawals_table.c.dataset == dataset)
+            c = c.where(fhir_table.c.dataset == dataset)
         with self._engine.connect() as conn:
-            return frozenset(r.patient_id for r in conn.execute(q))
+            out = {r.patient_id for r in conn.execute(q)}
+            consent: dict[str, bool] = {}
+            for r in conn.execute(c):
+                if not r.patient_ref or not r.patient_ref.startswith("Patient/"):
+                    continue
+                active = json.loads(r.content).get("status") == "active"
+                pid = r.patient_ref.removeprefix("Patient/")
+                consent[pid] = consent.get(pid, False) or active
+        return frozenset(out | {p for p, active in consent.items() if not active})
 
     def withdraw_patient(self, dataset: str, patient: str, *, steward: str) -> list[str]:
         """Record a patient's withdrawal (at once) and shrink every grant holding them.

@@ -369,8 +369,19 @@ def create_app(settings: ServiceSettings, *, verifier: Any = None, http_transpor
             events = [Event(kind="query", actor=_actor(who), action="search", resource=f"node:fhir/{path}",
                             purpose=purpose, outcome=outcome, details={"results": 0})]
         await run_in_threadpool(ledger.append_many, events)
+        if (request.method in ("POST", "PUT") and path.split("/", 1)[0] == "Consent" and reply.status < 300
+                and isinstance(body, dict) and body.get("status") in ("inactive", "rejected")):
+            await run_in_threadpool(_consent_withdrawn, who, body)
         return JSONResponse(reply.body, status_code=reply.status, headers=dict(reply.headers),
                             media_type="application/fhir+json")
+
+    def _consent_withdrawn(who: Principal, consent: dict[str, Any]) -> None:
+        """A Consent written inactive or rejected is a withdrawal: at once, in every dataset of the patient."""
+        ref = str((consent.get("patient") or {}).get("reference", ""))
+        patient = ref.removeprefix("Patient/") if ref.startswith("Patient/") else ""
+        if patient:
+            for dataset in sorted({s.dataset for s in store.index.studies(patient_id=patient)}):
+                governance.withdraw_patient(dataset, patient, steward=who.subject)
 
     # --- governance: terms, requests, grants, withdrawals ------------------------------------
     from incisive_lab.governance.store import Governance

@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
+from incisive_lab.governance.store import Governance
 from incisive_lab.ledger import Ledger, QueryResult
 from incisive_lab.node.service import ServiceSettings
 from incisive_lab.node.store import NodeStore
@@ -121,7 +122,11 @@ def test_cohort_counts_follow_the_terms_the_floor_grants_and_withdrawals(node: N
     assert node.call("PUT", f"/governance/terms/{dataset}", "steward", json={**TERMS, "floor": 3}).status_code == 200
     r = httpx.post(node.url + "/cohort/count", json=query, headers=node.h("researcher"))
     (answer,) = r.json()["datasets"]
-    assert answer["count"] == 5  # 6 patients, 1 withdrawn
+    with NodeStore.open(node.root) as store:
+        everyone = {s.patient_id for s in store.index.studies(dataset=dataset)}
+        not_consenting = Governance(store.engine, None).withdrawn(dataset)
+    assert 1 <= len(not_consenting) < len(everyone)
+    assert answer["count"] == len(everyone - not_consenting)  # the withdrawn and the draft consent left out
     with NodeStore.open(node.root) as store:
         assert [g["members"] for g in node.call("GET", "/governance/grants", "researcher").json()] == [2]
         studies = {s.study_uid: s.patient_id for s in store.index.studies(dataset=dataset)}
@@ -138,3 +143,20 @@ def test_cohort_counts_follow_the_terms_the_floor_grants_and_withdrawals(node: N
     cohort_events = [e for e in node.events() if e.kind == "query" and e.action == "cohort"]
     assert len(cohort_events) >= 4
     assert any(not e.outcome.allowed for e in cohort_events)
+
+
+def test_a_consent_set_inactive_through_fhir_is_a_withdrawal(node: Node) -> None:
+    with NodeStore.open(node.root) as store:
+        dataset = store.index.datasets()[0].name
+        before = Governance(store.engine, None).withdrawn(dataset)
+    bundle = node.call("GET", "/fhir/Consent", "steward", params={"_count": "50"}).json()
+    consents = [e["resource"] for e in bundle.get("entry", []) if e["resource"]["resourceType"] == "Consent"]
+    consent = next(c for c in consents if c["patient"]["reference"].removeprefix("Patient/") not in before
+                   and c["status"] == "active")
+    patient = consent["patient"]["reference"].removeprefix("Patient/")
+    r = node.call("PUT", f"/fhir/Consent/{consent['id']}", "steward", json={**consent, "status": "inactive"})
+    assert r.status_code == 200, r.text
+    with NodeStore.open(node.root) as store:
+        assert patient in Governance(store.engine, None).withdrawn(dataset)
+    withdrawals = [e for e in node.events() if e.kind == "consent" and e.action == "withdraw"]
+    assert any(e.details["patient"] == patient for e in withdrawals)
