@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import socket
-import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -24,17 +22,12 @@ import pytest
 
 from incisive_lab.access import JwksCache, TokenVerifier
 from incisive_lab.ledger import Ledger
-from incisive_lab.node.service import ServiceSettings, create_app
+from incisive_lab.node.service import ServiceSettings
 from tests._support.idp import Idp, start_idp, write_jwks
+from tests._support.node_server import serve_node
 from tests.access.idp import TestKey, claims, forge_hmac, forge_unsigned
 
 AUDIENCE = "https://node-a.test/"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Served:
@@ -67,7 +60,6 @@ def served(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
     """The same node served from its own file store, and from a real Orthanc PACS holding its objects."""
     import shutil
 
-    import uvicorn
     from jwt.algorithms import RSAAlgorithm
 
     base = tmp_path_factory.mktemp("service")
@@ -89,25 +81,10 @@ def served(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
             with NodeStore.open(node) as store:
                 orthanc.upload(store.object_path(sha) for sha, _size in store.iter_objects())
             pacs_url = orthanc.dicomweb_url
-        port = _free_port()
-        app = create_app(ServiceSettings(node_dir=node, issuer=idp.issuer, audience=AUDIENCE, port=port,
-                                         pacs_url=pacs_url,
-                                         secret_file=small_node.parent / "keys" / "provider.key"))
-        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-        thread = threading.Thread(target=server.run, daemon=True)
-        thread.start()
-        url = f"http://127.0.0.1:{port}"
-        for _ in range(200):
-            try:
-                if httpx.get(url + "/healthz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.05)
-        try:
-            yield Served(node, idp, idp_key, url, small_node.parent / "keys" / "provider.key")
-        finally:
-            server.should_exit = True
-            thread.join(timeout=10)
+        key = small_node.parent / "keys" / "provider.key"
+        url = stack.enter_context(serve_node(ServiceSettings(
+            node_dir=node, issuer=idp.issuer, audience=AUDIENCE, pacs_url=pacs_url, secret_file=key)))
+        yield Served(node, idp, idp_key, url, key)
 
 
 def test_health_needs_no_token_and_says_nothing_about_data(served: Served) -> None:
@@ -242,13 +219,15 @@ def test_fifty_concurrent_clients_without_errors_and_every_access_ledgered(serve
     before = len(served.ledger_events())
     headers = served.headers()
 
-    def one(i: int) -> int:
+    def one(i: int) -> tuple[int, str]:
         path = "/dicomweb/studies" if i % 2 else "/fhir/Patient"
-        return httpx.get(served.url + path, headers=headers, timeout=60).status_code
+        r = httpx.get(served.url + path, headers=headers, timeout=60)
+        return r.status_code, f"{path}: {r.text[:300]}"
 
     with ThreadPoolExecutor(max_workers=50) as pool:
-        codes = list(pool.map(one, range(200)))
-    assert codes.count(200) == 200
+        answers = list(pool.map(one, range(200)))
+    failures = [text for code, text in answers if code != 200]
+    assert not failures, failures[:3]
     assert len(served.ledger_events()) - before >= 200
 
 
