@@ -81,12 +81,12 @@ async def _json_body(request: Request) -> dict[str, Any]:
 
 
 def add_governance_routes(app: FastAPI, governance: Governance, *, principal: Callable[[Request], Principal],
-                          ledger: Any, patient_studies: Callable[[str], list[str]], store: Any = None) -> None:
+                          ledger: Any, patient_studies: Callable[[str], list[str]], store: Any) -> None:
     """Add the routes of the module doc to ``app``.
 
     ``principal`` verifies the caller (raising the service's AccessError); ``ledger`` is the
     node's ledger (for the steward's patient report); ``patient_studies`` gives a patient's
-    study UIDs (to find accesses of their images).
+    study UIDs (to find accesses of their images); ``store`` is the node store (cohort counts).
     """
 
     async def caller(request: Request) -> Principal:
@@ -216,8 +216,6 @@ def add_governance_routes(app: FastAPI, governance: Governance, *, principal: Ca
 
         return JSONResponse(await run_in_threadpool(build))
 
-    if store is None:
-        return
     from incisive_lab.cohort import CohortError, QueryGuard, run_cohort_query
     from incisive_lab.cohort.guard import BudgetExceeded, QueryRefused
     from incisive_lab.governance.policy import Action

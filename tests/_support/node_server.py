@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -16,14 +15,9 @@ from collections.abc import Iterator
 import httpx
 
 from incisive_lab.node.service import ServiceSettings, create_app
+from tests._support.orthanc import free_port
 
-__all__ = ["free_port", "serve_node"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+__all__ = ["serve_node"]
 
 
 @contextlib.contextmanager

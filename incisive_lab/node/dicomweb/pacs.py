@@ -496,7 +496,7 @@ class PacsBackend(QidoRoutes):
         """The study as the PACS holds it (a :class:`~.stow.StudyContext`), or ``None``."""
         from pydicom.dataset import Dataset
 
-        from incisive_lab.node.dicomweb.stow import _MODALITIES, COERCED, StudyContext
+        from incisive_lab.node.dicomweb.stow import _MODALITIES, COERCED, StudyContext, node_values
 
         check_uid(study_uid, "StudyInstanceUID")
         rows = self._json(f"/studies/{study_uid}/instances",
@@ -528,12 +528,8 @@ class PacsBackend(QidoRoutes):
 
         wanted = {tag_hex(int(tag_for_keyword(k) or 0)) for k in COERCED} | {"00100020", "00080050"}
         header = Dataset.from_json({k: v for k, v in meta[0].items() if k in wanted})
-        kept = Dataset()
-        for keyword in COERCED:
-            if keyword in header:
-                kept.add(header[keyword])
         return StudyContext(study_uid=study_uid, patient_id=str(header.get("PatientID", "") or patient_id),
-                            source=kept, instances=instances,
+                            source=node_values(header), instances=instances,
                             annotation_series=frozenset(annotation_series),
                             accession=str(header.get("AccessionNumber", "") or "") or None)
 

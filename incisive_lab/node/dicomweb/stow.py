@@ -49,7 +49,7 @@ import hashlib
 import io
 import re
 import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -297,6 +297,17 @@ def references(ds: Dataset) -> tuple[set[str], set[str], set[str]]:
             # Studies Containing Other Referenced Instances
             studies |= {str(i.StudyInstanceUID) for i in elem.value or [] if "StudyInstanceUID" in i}
     return sops, series, studies
+
+
+def node_values(header: Dataset) -> Dataset:
+    """The :data:`COERCED` attributes of a source instance (what annotations take from it)."""
+    from pydicom.dataset import Dataset as _Dataset
+
+    kept = _Dataset()
+    for keyword in COERCED:
+        if keyword in header:
+            kept.add(header[keyword])
+    return kept
 
 
 def _labels(ds: Dataset, kind: str) -> tuple[str, ...]:
@@ -625,15 +636,9 @@ def store_instances(parts: Sequence[tuple[str, bytes]], checker: UploadChecker, 
 class StoreTarget:
     """Annotations into the node's own content-addressed store and index."""
 
-    def __init__(self, store: NodeStore, *, header_reader: Callable[[str], Dataset] | None = None) -> None:
+    def __init__(self, store: NodeStore) -> None:
         self._store = store
         self._lock = threading.Lock()
-        self._read = header_reader or self._read_header
-
-    def _read_header(self, sha256: str) -> Dataset:
-        import pydicom
-
-        return pydicom.dcmread(self._store.object_path(sha256), stop_before_pixels=True)
 
     def study_context(self, study_uid: str) -> StudyContext | None:
         index = self._store.index
@@ -647,14 +652,10 @@ class StoreTarget:
         source = next((i for i in instances if i.series_uid not in annotation_series), None)
         if source is None:
             return None
-        header = self._read(source.sha256)
-        from pydicom.dataset import Dataset as _Dataset
+        import pydicom
 
-        kept = _Dataset()
-        for keyword in COERCED:
-            if keyword in header:
-                kept.add(header[keyword])
-        return StudyContext(study_uid=study_uid, patient_id=study.patient_id, source=kept,
+        header = pydicom.dcmread(self._store.object_path(source.sha256), stop_before_pixels=True)
+        return StudyContext(study_uid=study_uid, patient_id=study.patient_id, source=node_values(header),
                             instances={i.sop_uid: i.series_uid for i in instances},
                             annotation_series=annotation_series, dataset=study.dataset,
                             accession=study.accession_number)
