@@ -68,6 +68,14 @@ class LeakScanner:
     min_length : int
         Shortest token accepted.
 
+    Notes
+    -----
+    A token made only of digits (a date as ``YYYYMMDD``, a numeric ID) is not reported where
+    a digit comes right before it: inside a longer number it is not that date or ID (a
+    random ``2.25.<39 digits>`` UID holds a given 8-digit run once in about 3 million
+    draws, which a scan of thousands of files would otherwise report as a leak). A digit
+    *after* it still matches, so ``20190314093015`` (a DateTime) is found.
+
     Examples
     --------
     >>> s = LeakScanner(["Novak^Petra", "H-204417"], dates=["19650312"])
@@ -95,10 +103,10 @@ class LeakScanner:
         # also in its UTF-8 byte form, so both single-byte and UTF-8 encodings are caught
         self._auto = ahocorasick.Automaton()
         for low, original in self._tokens.items():
-            self._auto.add_word(low, original)
+            self._auto.add_word(low, (original, len(low), low.isdigit()))
             mojibake = low.encode("utf-8").decode("latin-1").lower()
             if mojibake != low:
-                self._auto.add_word(mojibake, original)
+                self._auto.add_word(mojibake, (original, len(mojibake), False))
         self._auto.make_automaton()
 
     @property
@@ -107,7 +115,14 @@ class LeakScanner:
         return sorted(set(self._tokens.values()))
 
     def _hits(self, text: str) -> list[tuple[int, str]]:
-        return [(end, original) for end, original in self._auto.iter(text.lower())]
+        low = text.lower()
+        out = []
+        for end, (original, length, digits) in self._auto.iter(low):
+            start = end - length + 1
+            if digits and start > 0 and "0" <= low[start - 1] <= "9":
+                continue  # inside a longer number (see the class notes)
+            out.append((end, original))
+        return out
 
     def scan_text(self, file: str, text: str, where: str) -> list[Finding]:
         """Findings in one piece of text."""
