@@ -40,9 +40,10 @@ Terms used
     When the record was first written and when its content last changed (a rewrite with
     the same content keeps both, so re-running an ingest changes nothing).
 
-Access terms (``dct:accessRights``, sharing terms) are **not** part of the record yet:
-they come with the access issue and will be added as ``incisive:accessTerms``; until then
-the key is absent, never guessed.
+Access terms are **not** written into the record file: they change without a new ingest.
+The node's ``GET /catalogue`` adds the terms in force as ``incisive:accessTerms`` (see
+:mod:`incisive_lab.node.governance_api`); a dataset without terms has no such key, never
+a guessed one.
 """
 
 from __future__ import annotations

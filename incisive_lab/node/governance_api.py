@@ -3,6 +3,10 @@
 =========================================  ==========  ==========================================
 route                                      who         what
 =========================================  ==========  ==========================================
+``GET  /catalogue``                        anyone      the node's HealthDCAT-AP dataset records,
+                                                       each with its terms in force as
+                                                       ``incisive:accessTerms`` (absent: none,
+                                                       so nothing but discovery is allowed)
 ``GET  /governance/terms/{dataset}``       anyone      the dataset's terms in force (404: none)
 ``PUT  /governance/terms/{dataset}``       steward     set new terms (a new version, ledgered)
 ``POST /governance/requests``              researcher  ask for a dataset: ``{dataset, purpose,
@@ -91,6 +95,32 @@ def add_governance_routes(app: FastAPI, governance: Governance, *, principal: Ca
 
     async def caller(request: Request) -> Principal:
         return await run_in_threadpool(principal, request)
+
+    def catalogue() -> dict[str, Any]:
+        records = []
+        for info in store.index.datasets():
+            path = store.dataset_record_path(info.name)
+            if not path.is_file():
+                continue  # an ingest that has not finished yet publishes nothing
+            record = json.loads(path.read_text(encoding="utf-8"))
+            terms = governance.terms(info.name)
+            if terms is not None:
+                record["incisive:accessTerms"] = {**terms.to_json(), "sha256": terms.sha256}
+            records.append(record)
+        return {"format": "incisive-catalogue/1", "node": store.dir.name, "datasets": records}
+
+    @app.get("/catalogue")
+    async def get_catalogue(request: Request) -> JSONResponse:
+        """Discovery: every dataset's record (any authenticated person; ledgered as a query)."""
+        from incisive_lab.ledger import Event, Outcome
+
+        who = await caller(request)
+        out = await run_in_threadpool(catalogue)
+        await run_in_threadpool(ledger.append, Event(
+            kind="query", actor=f"user:{who.subject}", action="catalogue", resource="node:catalogue",
+            purpose=request.headers.get("x-purpose", "").strip()[:200] or "unspecified",
+            outcome=Outcome.allow("discovery"), details={"results": len(out["datasets"])}))
+        return JSONResponse(out, media_type="application/ld+json")
 
     @app.get("/governance/terms/{dataset}")
     async def get_terms(request: Request, dataset: str) -> JSONResponse:

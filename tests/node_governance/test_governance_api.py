@@ -163,3 +163,21 @@ def test_a_consent_set_inactive_through_fhir_is_a_withdrawal(node: Node) -> None
         assert patient in Governance(store.engine, None).withdrawn(dataset)
     withdrawals = [e for e in node.events() if e.kind == "consent" and e.action == "withdraw"]
     assert any(e.details["patient"] == patient for e in withdrawals)
+
+
+def test_the_catalogue_lists_records_with_the_terms_in_force_and_is_ledgered(node: Node) -> None:
+    with NodeStore.open(node.root) as store:
+        names = sorted(d.name for d in store.index.datasets())
+    r = node.call("GET", "/catalogue", "researcher")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("application/ld+json")
+    body = r.json()
+    assert body["format"] == "incisive-catalogue/1"
+    assert sorted(d["dct:identifier"] for d in body["datasets"]) == names
+    for record in body["datasets"]:
+        terms = node.call("GET", f"/governance/terms/{record['dct:identifier']}", "researcher")
+        if terms.status_code == 404:  # no terms: the key is absent, never guessed
+            assert "incisive:accessTerms" not in record
+        else:
+            assert record["incisive:accessTerms"]["sha256"] == terms.json()["sha256"]
+    assert httpx.get(node.url + "/catalogue", timeout=10).status_code == 401
+    assert any(e.kind == "query" and e.action == "catalogue" and e.outcome.allowed for e in node.events())
