@@ -18,9 +18,19 @@ Tables
 Governance and cohort tables
     Defined next to their code (:mod:`incisive_lab.governance._tables`,
     :mod:`incisive_lab.cohort._tables`) on the same :data:`metadata`.
+``removal_handles``
+    Central node: per centralised patient, a tag that only the provider's removal handle
+    matches (see :mod:`incisive_lab.node.removal`); the handle itself is never stored.
+``object_deletions``
+    Objects whose last instance row a removal deleted, until their files are unlinked
+    (written in the removal's transaction, so a crash leaves nothing untracked).
+``central_removals_pending``
+    Provider node: withdrawn patients whose removal from the central node has not yet
+    been confirmed (pseudonyms only; the handle is recomputed at each retry).
 
-Versions: 1 (the index and FHIR store); 2 adds the governance and cohort tables. Tables
-are created when missing, so the migration from 1 to 2 only records the new version.
+Versions: 1 (the index and FHIR store); 2 adds the governance and cohort tables; 3 adds
+``removal_handles``, ``object_deletions`` and ``central_removals_pending``. Tables are
+created when missing, so migrating from 1 or 2 only records the new version.
 """
 
 from __future__ import annotations
@@ -49,15 +59,16 @@ from sqlalchemy.sql.dml import Insert
 
 from incisive_lab.errors import IncisiveLabError
 
-__all__ = ["SCHEMA_VERSION", "SchemaVersionError", "StoreError", "insert_ignore", "make_engine",
-           "metadata", "prepare_schema"]
+__all__ = ["SCHEMA_VERSION", "SchemaVersionError", "StoreError", "central_removals_pending_table",
+           "insert_ignore", "make_engine", "metadata", "object_deletions_table", "prepare_schema",
+           "removal_handles_table"]
 
 #: Version of the schema written by this code. Bump it (and write a migration) whenever a
 #: table or column changes; a database with a newer version is refused.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 #: Versions a database may be migrated from: every later version only added tables, which
 #: ``create_all`` creates, so migrating is recording the new version.
-_ADDITIVE_FROM = frozenset({1})
+_ADDITIVE_FROM = frozenset({1, 2})
 #: The ``meta.format`` value that marks an INCISIVE node database.
 DB_FORMAT = "incisive-node/1"
 
@@ -185,6 +196,27 @@ fhir_tokens_table = Table(
 )
 Index("ix_fhir_tokens_code", fhir_tokens_table.c.resource_type, fhir_tokens_table.c.param,
       fhir_tokens_table.c.code, fhir_tokens_table.c.system)
+
+removal_handles_table = Table(
+    "removal_handles", metadata,
+    Column("dataset", String(128), primary_key=True),
+    Column("patient_id", String(64), primary_key=True),        # the anonymous id at this node
+    Column("tag", String(64), nullable=False),                  # HMAC(handle, dataset, patient_id)
+)
+
+object_deletions_table = Table(
+    "object_deletions", metadata,
+    Column("sha256", String(64), primary_key=True),
+)
+
+central_removals_pending_table = Table(
+    "central_removals_pending", metadata,
+    Column("pseudonym", String(64), primary_key=True),
+    Column("dataset", String(128), nullable=False),             # where the withdrawal was recorded
+    Column("requested_at", String(40), nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("last_error", Text),
+)
 
 
 def normalise_url(url: str) -> str:

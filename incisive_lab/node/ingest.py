@@ -1,7 +1,7 @@
 """Provider ingest: curate, de-identify, convert and store one dataset into a node.
 
 ``incisive-lab ingest --node-dir DIR --dataset NAME --dicom SRC --clinical FILE.xlsx
---hosting federated|central [--secret-file KEY] [--jobs N]`` runs, in order:
+--hosting federated|central [--secret-file KEY] [--removal-key KEY] [--jobs N]`` runs, in order:
 
 1. **curation** of the raw input (:mod:`incisive_lab.curation`): an error quarantines the
    affected series or patient with its reason, a warning passes;
@@ -16,6 +16,12 @@
    linked to the stored imaging studies, into the node's FHIR store;
 5. the **dataset record** (HealthDCAT-AP) and two **ledger** entries (``deidentify``,
    ``ingest`` or ``resume``).
+
+Central hosting with ``--removal-key`` (the provider's secret file) also stores, per
+anonymous patient, a tag of the patient's **removal handle** (:mod:`incisive_lab.node.removal`),
+written before the patient's rows so that a resumed run has them too; it lets the provider,
+and only the provider, have the patient removed after a withdrawal. Without it nothing is
+stored, and centrally hosted patients cannot be removed on withdrawal (the summary warns).
 
 Idempotent and crash-safe: every source file is known by the SHA-256 of its bytes once its
 de-identified instance is durable in the index (:mod:`incisive_lab.node._runs`); objects
@@ -73,7 +79,9 @@ class IngestSummary:
     bytes_stored: int = 0
     fhir_resources: int = 0
     patients_quarantined: int = 0
+    removal_handles: int = 0
     curation: dict[str, int] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
     reports: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
 
@@ -96,6 +104,9 @@ class IngestSummary:
             f"  FHIR resources        {self.fhir_resources:>7}  ({self.patients_quarantined} patients quarantined)",
             f"  took                  {self.seconds:>7.1f} s",
         ]
+        if self.hosting == "central":
+            lines.insert(-1, f"  removal handles new   {self.removal_handles:>7}")
+        lines += [f"  warning: {w}" for w in self.warnings]
         lines += [f"  report: {name} -> {path}" for name, path in sorted(self.reports.items())]
         return "\n".join(lines)
 
@@ -120,7 +131,7 @@ def _atomic_json(path: Path, doc: Any) -> None:
 
 
 def _check_args(node_dir: Path, dataset: str, dicom: Path, clinical: Path | None, hosting: str,
-                secret_file: Path | None, jobs: int) -> None:
+                secret_file: Path | None, jobs: int, removal_key: Path | None = None) -> None:
     import re
 
     if not re.fullmatch(r"[a-z0-9][a-z0-9._-]{0,63}", dataset):
@@ -139,6 +150,11 @@ def _check_args(node_dir: Path, dataset: str, dicom: Path, clinical: Path | None
         raise IncisiveLabError(
             "--hosting central anonymises irreversibly with a one-time salt: do not pass --secret-file"
         )
+    if hosting == "federated" and removal_key is not None:
+        raise IncisiveLabError(
+            "--removal-key is for --hosting central: a federated node removes a withdrawn patient "
+            "through its own index"
+        )
     if jobs < 1:
         raise IncisiveLabError(f"--jobs must be at least 1 (got {jobs})")
     node_res, src_res = node_dir.resolve(), dicom.resolve()
@@ -154,6 +170,7 @@ def ingest(
     clinical: str | os.PathLike[str] | None,
     hosting: str,
     secret_file: str | os.PathLike[str] | None = None,
+    removal_key: str | os.PathLike[str] | None = None,
     jobs: int = 1,
     actor: str | None = None,
     title: str | None = None,
@@ -180,6 +197,11 @@ def ingest(
         Federated: pseudonymise (reversible by the provider); central: anonymise.
     secret_file : path, optional
         The provider's secret (federated hosting only).
+    removal_key : path, optional
+        Central hosting only: the provider's secret file, used only to compute each
+        patient's removal handle (:func:`incisive_lab.node.removal.removal_handle`), of
+        which the node keeps a tag. Without it centrally hosted patients cannot be removed
+        on withdrawal.
     jobs : int
         Processes for curation and de-identification.
     actor : str, optional
@@ -208,7 +230,8 @@ def ingest(
     src = Path(dicom)
     sheet = Path(clinical) if clinical is not None else None
     key = Path(secret_file) if secret_file is not None else None
-    _check_args(node, dataset, src, sheet, hosting, key, jobs)
+    rkey = Path(removal_key) if removal_key is not None else None
+    _check_args(node, dataset, src, sheet, hosting, key, jobs, rkey)
     step = after_step or (lambda _name: None)
     show = sys.stderr.isatty() if progress is None else progress
     actor = actor or f"steward:{_login()}"
@@ -217,6 +240,7 @@ def ingest(
     from incisive_lab.node._runs import RunBook, hash_files, node_lock, sha256_file
 
     secret = Secret.from_file(key) if key is not None else None  # fail on a bad key before any work
+    removal_secret = Secret.from_file(rkey) if rkey is not None else None
     if sheet is not None:  # a spreadsheet that cannot be read at all stops the run before any work
         from incisive_lab.cdm.fhir import read_clinical_rows
 
@@ -226,6 +250,11 @@ def ingest(
     with node_lock(private), RunBook(private) as book:
         state = book.begin(dataset)
         summary = IngestSummary(dataset=dataset, hosting=hosting, run=state.id, resumed=state.resumed)
+        if hosting == "central" and removal_secret is None:
+            summary.warnings.append(
+                "no --removal-key: the node keeps no removal handle, so these centrally hosted patients "
+                "cannot be removed if they withdraw consent"
+            )
         reports = private / "reports"
         rels = _walk(src)
         dicom_rels = [r for r in rels if not r.lower().endswith((".xlsx", ".csv", ".txt", ".md"))]
@@ -279,6 +308,10 @@ def ingest(
 
         with NodeStore.open(node, db_url=db_url) as store:
             stored = [f for f in run.files if f.status == "ok" and f.output]
+            if removal_secret is not None:  # tags first: a resumed run never re-reads stored files
+                handles, unmatched = _dicom_handles(src, stored, salt=secret, key=removal_secret)
+                summary.removal_handles += _record_handles(store, dataset, handles)
+                summary.warnings += unmatched
             added = store.add_deidentified(
                 staging / "dicom", [f.output for f in stored if f.output], dataset=dataset,
                 codes=_body_part_codes(curation), progress=show,
@@ -294,6 +327,9 @@ def ingest(
             # run's salt would give its patients new identities)
             sheet_sha = sha256_file(sheet) if sheet is not None else ""
             if sheet is not None and not (hosting == "central" and book.known([sheet_sha])):
+                if removal_secret is not None:
+                    summary.removal_handles += _record_handles(
+                        store, dataset, _sheet_handles(sheet, salt=secret, key=removal_secret))
                 etl_report = reports / f"clinical-{state.id}.json"
                 fhir_new, quarantined = _clinical(
                     sheet, staging, profile=profile, secret=secret, vault=vault, store=store, dataset=dataset,
@@ -304,6 +340,11 @@ def ingest(
                 summary.reports["clinical"] = str(etl_report)
                 book.record(dataset, state.id, [(sheet_sha, sheet.name, "stored")])
             step("fhir")
+
+            if removal_secret is not None:  # tags of patients held back by curation or the ETL
+                from incisive_lab.node.removal import prune_handles
+
+                summary.removal_handles -= prune_handles(store, dataset)
 
             # 5. dataset record (rewritten only when the dataset changed) and ledger
             record = store.dataset_record_path(dataset)
@@ -415,6 +456,72 @@ def _clinical(sheet: Path, staging: Path, *, profile: Any, secret: Any, vault: P
     _atomic_json(report, doc)
     changed = sum(1 for r in results if r.created or r.changed)
     return changed, len(etl.quarantined) + len(held & set(etl.patients))
+
+
+def _record_handles(store: Any, dataset: str, handles: dict[str, str]) -> int:
+    from incisive_lab.node.removal import record_handles
+
+    return record_handles(store, dataset, handles)
+
+
+def _dicom_handles(src: Path, stored: Sequence[Any], *, salt: Any, key: Any) -> tuple[dict[str, str], list[str]]:
+    """``anonymous id -> removal handle`` of the patients of ``stored`` files, and a warning per
+    patient without one.
+
+    The original Patient ID is read back from one source file per anonymous id and checked
+    against it (the anonymous id is the salt's keyed hash of the same ID), so a tag is only
+    ever stored for the ID the de-identifier used.
+    """
+    import pydicom
+
+    from incisive_lab.deid.keys import Pseudonymizer
+    from incisive_lab.node.removal import removal_handle
+
+    pseudo = Pseudonymizer(salt)
+    first: dict[str, str] = {}
+    for f in stored:
+        if f.patient and f.patient not in first:
+            first[f.patient] = f.source
+    handles: dict[str, str] = {}
+    missing: list[str] = []
+    for anon, rel in sorted(first.items()):
+        try:
+            ds = pydicom.dcmread(src / rel, stop_before_pixels=True, specific_tags=["PatientID"])
+            value = ds.get("PatientID", "")
+            read = "" if value is None else str(value)
+        except (OSError, ValueError, pydicom.errors.InvalidDicomError):
+            read = ""
+        match = next((c for c in dict.fromkeys((read, read.rstrip(" \x00"), read.strip())) if c
+                      and pseudo.patient(c) == anon), None)
+        if match is None:
+            missing.append(f"patient {anon}: no original Patient ID could be matched in {rel}; "
+                           "no removal handle (cannot be removed on withdrawal)")
+            continue
+        handles[anon] = removal_handle(key, match)
+    return handles, missing
+
+
+def _sheet_handles(sheet: Path, *, salt: Any, key: Any) -> dict[str, str]:
+    """``anonymous id -> removal handle`` of every row of the spreadsheet with a patient_id
+    (tags of patients the ETL holds back are pruned at the end of the run)."""
+    from incisive_lab.cdm.spreadsheet import read_workbook
+    from incisive_lab.deid.keys import Pseudonymizer
+    from incisive_lab.node.removal import removal_handle
+
+    pseudo = Pseudonymizer(salt)
+    out: dict[str, str] = {}
+    try:
+        rows = read_workbook(sheet)
+    except Exception:  # an unreadable sheet is reported by the clinical step
+        return out
+    for row in rows:
+        value = row.get("patient_id")
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        text = "" if value is None else str(value).strip()
+        if text:
+            out[pseudo.patient(text)] = removal_handle(key, text)
+    return out
 
 
 def _provenance(profile: Any) -> dict[str, Any]:

@@ -47,7 +47,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, select
 from sqlalchemy.engine import make_url
@@ -58,6 +58,7 @@ from incisive_lab.node._db import (
     make_engine,
     normalise_url,
     prepare_schema,
+    removal_handles_table,
 )
 from incisive_lab.node.fhir_store import FhirStore, canonical_json
 from incisive_lab.node.index import (
@@ -68,6 +69,9 @@ from incisive_lab.node.index import (
     NodeIndex,
     extract_record,
 )
+
+if TYPE_CHECKING:
+    from incisive_lab.node.removal import Removed
 
 __all__ = ["AddSummary", "NodeStore", "StoredObject"]
 
@@ -553,6 +557,8 @@ class NodeStore:
         """A sha256 over the node's content, equal for equal content however it was added.
 
         It covers, in a canonical order: every row of the index tables (all columns),
+        every removal tag of a central node (``removal_handles``: they are deterministic,
+        so a resumed run writes the same ones; see :mod:`incisive_lab.node.removal`),
         every FHIR resource (type, id, dataset, patient, date and the sha256 of its
         canonical JSON — not its version or ``lastUpdated``) and, unless
         ``include_objects`` is false, the name and size of every object file. It holds no
@@ -562,7 +568,7 @@ class NodeStore:
         self._check_open()
         h = hashlib.sha256(f"{DIGEST_FORMAT}\n".encode())
         with self.engine.connect() as conn:
-            for table, key in DIGEST_TABLES:
+            for table, key in (*DIGEST_TABLES, (removal_handles_table, ("dataset", "patient_id"))):
                 cols = [c.name for c in table.columns]
                 rows = [tuple(r) for r in conn.execute(select(*table.columns))]
                 pos = [cols.index(k) for k in key]
@@ -581,6 +587,19 @@ class NodeStore:
             for sha, size in self.iter_objects():
                 h.update(f"{sha} {size}\n".encode())
         return h.hexdigest()
+
+    # ---------------------------------------------------------------- removal
+
+    def remove_patient(self, dataset: str, patient_id: str) -> Removed:
+        """Delete one patient of ``dataset`` (index rows, FHIR resources, removal tag, objects
+        no other instance names) and rewrite the dataset's record; safe to repeat.
+
+        See :func:`incisive_lab.node.removal.remove_patient`.
+        """
+        from incisive_lab.node.removal import remove_patient
+
+        self._check_open()
+        return remove_patient(self, dataset, patient_id)
 
     # ---------------------------------------------------------------- datasets
 

@@ -72,3 +72,22 @@ def test_a_version_1_database_is_migrated_by_adding_the_new_tables(open_store: O
     with store.engine.connect() as conn:
         version = conn.execute(meta_table.select().where(meta_table.c.key == "schema_version")).one().value
     assert version == str(SCHEMA_VERSION) and store.digest() == digest
+
+
+def test_a_version_2_database_is_migrated_by_adding_the_removal_tables(open_store: OpenStore) -> None:
+    from sqlalchemy import inspect
+
+    store = open_store()
+    store.fhir.put({"resourceType": "Patient", "id": "A"})
+    digest = store.digest()
+    v3_tables = ("removal_handles", "object_deletions", "central_removals_pending")
+    with store.engine.begin() as conn:
+        for name in v3_tables:
+            conn.exec_driver_sql(f"DROP TABLE {name}")
+        conn.execute(update(meta_table).where(meta_table.c.key == "schema_version").values(value="2"))
+    store.close()
+    store = open_store()
+    assert set(inspect(store.engine).get_table_names()) >= set(v3_tables)
+    with store.engine.connect() as conn:
+        version = conn.execute(meta_table.select().where(meta_table.c.key == "schema_version")).one().value
+    assert version == str(SCHEMA_VERSION) == "3" and store.digest() == digest
