@@ -16,8 +16,9 @@ request by request, after a warm-up that is not counted:
 
 Every request to the node carries a real access token of the development identity
 provider (npm oidc-provider), which the node verifies (JWKS, claims, level of assurance,
-roles), and every answer is ledgered durably before it leaves: that is what the node does,
-so it is measured. Orthanc runs with authentication off, as a PACS behind a hospital
+roles); the researcher reads under a grant of every patient, so every request computes
+the caller's read scope (grants, terms, withdrawals) and filters by it in SQL; and every
+answer is ledgered durably before it leaves: that is what the node does, so it is measured. Orthanc runs with authentication off, as a PACS behind a hospital
 firewall usually does. Both answers are checked against each other (same studies, same
 number of instances and parts) before any timing counts.
 
@@ -537,6 +538,7 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
 
     from tests._support.idp import start_idp
+    from tests._support.node_server import grant_access
     from tests._support.orthanc import start_orthanc
 
     args.work.mkdir(parents=True, exist_ok=True)
@@ -594,10 +596,13 @@ def main(argv: list[str]) -> int:
     with contextlib.ExitStack() as stack:
         idp = stack.enter_context(start_idp(args.work / "idp", audience=AUDIENCE, access_token_ttl=3600))
         token = idp.token("researcher")
-        headers = {"Authorization": f"Bearer {token}", "X-Purpose": "bench:node"}
+        headers = {"Authorization": f"Bearer {token}", "X-Purpose": "ai-development; project=bench"}
         orthanc = start_orthanc(root=root / "orthanc", config=ORTHANC_CONFIG, dicomweb=ORTHANC_DICOMWEB)
         stack.callback(orthanc.stop)
         node_url = stack.enter_context(_node_service(root / "node", idp.issuer, args.work / "node-service.log"))
+        # the researcher reads under a grant of every patient: each request checks the read scope
+        tokens = {"researcher": token, "steward": idp.token("steward")}
+        grant_access(node_url, tokens.__getitem__, datasets=[DATASET])
         servers = {"node": Timer(node_url + "/dicomweb", headers), "orthanc": Timer(orthanc.dicomweb_url, headers)}
         for t in servers.values():
             stack.callback(t.close)

@@ -28,7 +28,7 @@ const LOA_URIS = {
   high: 'http://eidas.europa.eu/LoA/high',
 };
 const LOOPBACK = new Set(['127.0.0.1', '::1', 'localhost']);
-const USER_KEYS = new Set(['username', 'sub', 'name', 'email', 'roles', 'groups', 'loa', 'password']);
+const USER_KEYS = new Set(['username', 'sub', 'name', 'email', 'roles', 'groups', 'loa', 'password', 'organisation']);
 const CLIENT_KEYS = new Set(['client_id', 'client_secret', 'redirect_uris', 'scope']);
 const RESOURCE_KEYS = new Set(['audience', 'scopes', 'access_token_ttl']);
 const CONFIG_KEYS = new Set(['resources', 'default_audience', 'clients', 'users']);
@@ -130,7 +130,11 @@ function loadConfig(path) {
       groups: stringList(u.groups, `${where}.groups`),
       acr: loaUri(u.loa, where),
       password: u.password,
+      organisation: u.organisation,
     };
+    if (account.organisation !== undefined && (typeof account.organisation !== 'string' || !account.organisation)) {
+      fail(`${where}.organisation must be a non-empty string (the schac_home_organization claim)`);
+    }
     if (bySub.has(account.sub)) fail(`${where}.sub ${account.sub} is listed twice`);
     users.set(account.username, account);
     bySub.set(account.sub, account);
@@ -287,6 +291,8 @@ function providerConfiguration(cfg, jwks) {
         roles: account.roles,
         groups: account.groups,
         preferred_username: account.username,
+        // eduGAIN / REFEDS: the person's home organisation, which sharing terms name
+        ...(account.organisation ? { schac_home_organization: account.organisation } : {}),
       };
     },
     ttl: {

@@ -36,6 +36,7 @@ from incisive_lab.governance._tables import (
     withdrawals_table,
 )
 from incisive_lab.governance.policy import Action, Decision, Grant, Requester, decide
+from incisive_lab.governance.scope import ReadScope
 from incisive_lab.governance.terms import SharingTerms
 
 __all__ = ["AccessRequest", "Governance", "GovernanceError"]
@@ -175,6 +176,41 @@ class Governance:
             best = best or d
         assert best is not None
         return best
+
+    def read_scope(self, requester: Requester, purpose: str | None, *, staff: bool = False) -> ReadScope:
+        """What ``requester`` may read here for ``purpose`` (see :mod:`.scope`).
+
+        ``staff``: the node's own steward (the caller decides who that is); they read every
+        consenting patient of every dataset. Everyone else reads the cohorts of their active
+        grants for ``purpose`` whose ``view`` the policy allows now, without withdrawn patients.
+        """
+        from incisive_lab.node._db import patients_table
+
+        if staff:
+            with self._engine.connect() as conn:
+                rows = conn.execute(select(patients_table.c.dataset, patients_table.c.patient_id)).all()
+            everyone: dict[str, set[str]] = {}
+            for r in rows:
+                everyone.setdefault(r.dataset, set()).add(r.patient_id)
+            withdrawn = self.withdrawn()
+            return ReadScope(purpose, {d: frozenset(p - withdrawn) for d, p in everyone.items()}, staff=True)
+        now = self._clock()
+        cohorts: dict[str, frozenset[str]] = {}
+        denied: dict[str, str] = {}
+        terms_of: dict[str, SharingTerms | None] = {}
+        withdrawn_of: dict[str, frozenset[str]] = {}
+        for grant in self.grants_for(requester.subject):
+            if grant.dataset not in terms_of:
+                terms_of[grant.dataset] = self.terms(grant.dataset)
+            d = decide(requester, Action.VIEW, terms_of[grant.dataset], purpose=purpose, now=now, grant=grant)
+            if not d.allowed:
+                denied.setdefault(grant.dataset, d.reason)
+                continue
+            if grant.dataset not in withdrawn_of:
+                withdrawn_of[grant.dataset] = self.withdrawn(grant.dataset)
+            cohorts[grant.dataset] = cohorts.get(grant.dataset, frozenset()) | (
+                grant.members - withdrawn_of[grant.dataset])
+        return ReadScope(purpose, cohorts, {k: v for k, v in denied.items() if k not in cohorts})
 
     # ---------------------------------------------------------------- requests
 

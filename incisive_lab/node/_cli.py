@@ -61,6 +61,9 @@ def register(sub: Any) -> None:
     s.add_argument("--secret-file", metavar="KEY", help="the provider's secret (the ingest's --secret-file): "
                    "STOW-RS screens annotations written back for the patients' original identifiers with it; "
                    "without it, pseudonymised studies accept no annotations")
+    s.add_argument("--organisation", metavar="ORG", help="the provider's organisation (the tokens' "
+                   "schac_home_organization): only its stewards act as this node's stewards; without it, "
+                   "any steward of the issuer does (a single-organisation issuer only)")
     s.set_defaults(func=_serve)
 
 
@@ -88,6 +91,7 @@ def _serve(args: argparse.Namespace) -> int:
         node_dir=Path(args.node_dir) if args.node_dir else None, issuer=args.issuer, audience=args.audience,
         min_loa=args.min_loa, jwks_url=args.jwks_url, db_url=args.db_url, pacs_url=args.pacs_url, host=args.host,
         port=args.port, secret_file=Path(args.secret_file) if args.secret_file else None,
+        organisation=args.organisation,
     )
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info", access_log=False)

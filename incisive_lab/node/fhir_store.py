@@ -47,6 +47,7 @@ from sqlalchemy import (
 )
 
 from incisive_lab.node._db import StoreError, chunks, fhir_table, fhir_tokens_table, insert_ignore
+from incisive_lab.node._scope_sql import scope_condition
 
 __all__ = ["DateFilter", "DateTest", "FhirQuery", "FhirStore", "PutResult", "StoredInfo", "TokenFilter",
            "canonical_json", "fhir_table", "fhir_tokens_table"]
@@ -244,13 +245,16 @@ class FhirQuery:
     """Criteria of a FHIR search, all of which must hold.
 
     ``ids``/``patients``: the id, or the patient reference (``Patient/<id>``), is one of
-    these (``None``: no condition; an empty set matches nothing).
+    these (``None``: no condition; an empty set matches nothing). ``cohorts``: the caller's
+    read scope, dataset -> patient ids (``None``: no limit; a resource without a patient
+    is never in a scope).
     """
 
     ids: frozenset[str] | None = None
     patients: frozenset[str] | None = None
     tokens: tuple[TokenFilter, ...] = ()
     dates: tuple[DateFilter, ...] = ()
+    cohorts: Mapping[str, frozenset[str]] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -288,6 +292,8 @@ def _criteria(q: Select[Any], resource_type: str, query: FhirQuery) -> Select[An
         q = q.where(t.c.id.in_(sorted(query.ids)))
     if query.patients is not None:
         q = q.where(t.c.patient_ref.in_(sorted(query.patients)))
+    if query.cohorts is not None:
+        q = q.where(scope_condition(t.c.dataset, t.c.patient_ref, query.cohorts, prefix="Patient/"))
     for tok in query.tokens:
         alts = []
         for system, code in tok.alternatives:

@@ -47,7 +47,14 @@ from incisive_lab.governance.policy import Requester
 from incisive_lab.governance.store import Governance, GovernanceError
 from incisive_lab.governance.terms import TermsError
 
-__all__ = ["ORGANISATION_CLAIMS", "add_governance_routes", "purpose_term", "requester_of"]
+__all__ = [
+    "ORGANISATION_CLAIMS",
+    "add_governance_routes",
+    "is_staff",
+    "purpose_term",
+    "requester_of",
+    "require_staff",
+]
 
 #: Claims naming the person's organisation, in order (eduGAIN/REFEDS, then a plain one).
 ORGANISATION_CLAIMS = ("schac_home_organization", "org", "organisation")
@@ -58,6 +65,25 @@ def requester_of(who: Principal) -> Requester:
     """The policy's view of a verified caller."""
     org = next((str(who.claims[c]) for c in ORGANISATION_CLAIMS if isinstance(who.claims.get(c), str)), None)
     return Requester(subject=who.subject, roles=who.roles, loa=who.loa, organisation=org)
+
+
+def is_staff(who: Principal, organisation: str | None, *roles: Role) -> bool:
+    """Whether ``who`` is one of this node's stewards (or ``roles``): the role, and — when the
+    node names its organisation — a token of that organisation (a steward elsewhere is not
+    one here)."""
+    if not who.has_role(*(roles or (Role.STEWARD,))):
+        return False
+    return organisation is None or requester_of(who).organisation == organisation
+
+
+def require_staff(who: Principal, organisation: str | None, *roles: Role) -> None:
+    """Refuse (403, ``role-missing``) unless :func:`is_staff`."""
+    from incisive_lab.access import AccessDenied, Reason
+
+    who.require_role(*(roles or (Role.STEWARD,)))
+    if not is_staff(who, organisation, *roles):
+        raise AccessDenied(Reason.ROLE_MISSING, f"{who.subject!r} acts for another organisation than "
+                                                f"this node's ({organisation})")
 
 
 def purpose_term(header: str | None) -> str | None:
@@ -85,12 +111,15 @@ async def _json_body(request: Request) -> dict[str, Any]:
 
 
 def add_governance_routes(app: FastAPI, governance: Governance, *, principal: Callable[[Request], Principal],
-                          ledger: Any, patient_studies: Callable[[str], list[str]], store: Any) -> None:
+                          ledger: Any, patient_studies: Callable[[str], list[str]], store: Any,
+                          organisation: str | None = None) -> None:
     """Add the routes of the module doc to ``app``.
 
     ``principal`` verifies the caller (raising the service's AccessError); ``ledger`` is the
     node's ledger (for the steward's patient report); ``patient_studies`` gives a patient's
-    study UIDs (to find accesses of their images); ``store`` is the node store (cohort counts).
+    study UIDs (to find accesses of their images); ``store`` is the node store (cohort counts);
+    ``organisation`` the provider's, whose stewards alone act as this node's (``None``: any
+    steward; see :func:`is_staff`).
     """
 
     async def caller(request: Request) -> Principal:
@@ -134,7 +163,7 @@ def add_governance_routes(app: FastAPI, governance: Governance, *, principal: Ca
     @app.put("/governance/terms/{dataset}")
     async def put_terms(request: Request, dataset: str) -> JSONResponse:
         who = await caller(request)
-        who.require_role(Role.STEWARD)
+        require_staff(who, organisation)
         try:
             body = await _json_body(request)
             terms = await run_in_threadpool(lambda: governance.set_terms(body, actor=who.subject, dataset=dataset))
@@ -165,7 +194,7 @@ def add_governance_routes(app: FastAPI, governance: Governance, *, principal: Ca
     @app.get("/governance/requests")
     async def list_requests(request: Request, status: str | None = None) -> JSONResponse:
         who = await caller(request)
-        if who.has_role(Role.STEWARD) and status == "pending":
+        if is_staff(who, organisation) and status == "pending":
             found = await run_in_threadpool(governance.pending)
         else:
             found = await run_in_threadpool(lambda: governance.requests(requester=who.subject, status=status))
@@ -180,7 +209,7 @@ def add_governance_routes(app: FastAPI, governance: Governance, *, principal: Ca
                 return JSONResponse(req.to_json())
             if verb not in ("approve", "reject"):
                 return JSONResponse({"error": "not-found", "message": f"no action {verb!r}"}, status_code=404)
-            who.require_role(Role.STEWARD)
+            require_staff(who, organisation)
             body = await _json_body(request)
             if verb == "reject":
                 req = await run_in_threadpool(lambda: governance.reject(
@@ -213,7 +242,7 @@ def add_governance_routes(app: FastAPI, governance: Governance, *, principal: Ca
     @app.post("/governance/withdrawals")
     async def withdraw(request: Request) -> JSONResponse:
         who = await caller(request)
-        who.require_role(Role.STEWARD)
+        require_staff(who, organisation)
         try:
             body = await _json_body(request)
             dataset, patient = body.get("dataset"), body.get("patient")
@@ -230,7 +259,7 @@ def add_governance_routes(app: FastAPI, governance: Governance, *, principal: Ca
     @app.get("/governance/patients/{patient}/report")
     async def patient_report(request: Request, patient: str) -> JSONResponse:
         who = await caller(request)
-        who.require_role(Role.STEWARD, Role.AUDITOR)
+        require_staff(who, organisation, Role.STEWARD, Role.AUDITOR)
 
         def build() -> dict[str, Any]:
             resources = [f"patient:{patient}", f"fhir:Patient/{patient}",

@@ -49,6 +49,7 @@ class ServiceSettings:
     jwks_url: str | None = None
     pacs_url: str | None = None  #: serve images from this PACS's DICOMweb instead of the node's file store
     secret_file: Path | None = None  #: the provider's secret: STOW-RS screens uploads with it and the vault
+    organisation: str | None = None  #: the provider's organisation: only its stewards act as this node's stewards
     host: str = "127.0.0.1"
     port: int = 8081
     roles_claims: tuple[str, ...] = ("roles", "groups")
@@ -70,7 +71,7 @@ class ServiceSettings:
     def from_env(cls, **overrides: Any) -> ServiceSettings:
         """Settings from ``INCISIVE_NODE_DIR``, ``INCISIVE_ISSUER``, ``INCISIVE_AUDIENCE``,
         ``INCISIVE_MIN_LOA``, ``INCISIVE_DB_URL``, ``INCISIVE_JWKS_URL``, ``INCISIVE_PACS_URL``,
-        ``INCISIVE_SECRET_FILE``; keyword overrides win."""
+        ``INCISIVE_SECRET_FILE``, ``INCISIVE_ORGANISATION``; keyword overrides win."""
         env = os.environ
         values: dict[str, Any] = {
             "node_dir": Path(env["INCISIVE_NODE_DIR"]) if "INCISIVE_NODE_DIR" in env else None,
@@ -81,6 +82,7 @@ class ServiceSettings:
             "jwks_url": env.get("INCISIVE_JWKS_URL"),
             "pacs_url": env.get("INCISIVE_PACS_URL"),
             "secret_file": Path(env["INCISIVE_SECRET_FILE"]) if env.get("INCISIVE_SECRET_FILE") else None,
+            "organisation": env.get("INCISIVE_ORGANISATION") or None,
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         missing = [k for k in ("node_dir", "issuer", "audience") if not values.get(k)]
@@ -139,7 +141,17 @@ def create_app(settings: ServiceSettings, *, verifier: Any = None, http_transpor
     from incisive_lab.node.dicomweb.backend import DicomwebBackend
     from incisive_lab.node.dicomweb.pacs import PacsBackend
 
-    pacs = PacsBackend(settings.pacs_url) if settings.pacs_url else None
+    def scope_studies(scope: Any) -> frozenset[str]:
+        from sqlalchemy import select
+
+        from incisive_lab.node._db import studies_table as st
+        from incisive_lab.node._scope_sql import scope_condition
+
+        rows = store.index.fetch(select(st.c.study_uid).where(
+            scope_condition(st.c.dataset, st.c.patient_id, scope.cohorts)))
+        return frozenset(r.study_uid for r in rows)
+
+    pacs = PacsBackend(settings.pacs_url, scope_studies=scope_studies) if settings.pacs_url else None
     dicomweb: DicomwebBackend = pacs if pacs is not None else DicomwebService(store)
     from incisive_lab.node.dicomweb.stow import StoreTarget, StowTarget
 
@@ -151,6 +163,19 @@ def create_app(settings: ServiceSettings, *, verifier: Any = None, http_transpor
         secret = Secret.from_file(settings.secret_file)
     vault_path = settings.node_dir / NodeStore.PRIVATE / "vault.sqlite"
     fhir = FhirApi(store.fhir)
+    from incisive_lab.governance.scope import ReadScope
+    from incisive_lab.governance.store import Governance
+    from incisive_lab.node.governance_api import is_staff, purpose_term, requester_of, require_staff
+
+    governance = Governance(store.engine, ledger)
+    if settings.organisation is None:
+        log.warning("no --organisation: every token with the steward role from %s acts as a steward "
+                    "of this node; set it when the issuer serves more than one organisation", settings.issuer)
+
+    def read_scope(request: Request, who: Principal) -> ReadScope:
+        """What the caller may read here for the purpose they declare (X-Purpose)."""
+        return governance.read_scope(requester_of(who), purpose_term(request.headers.get("x-purpose")),
+                                     staff=is_staff(who, settings.organisation))
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         yield
@@ -214,31 +239,64 @@ def create_app(settings: ServiceSettings, *, verifier: Any = None, http_transpor
     def _accept(request: Request) -> str | None:
         return request.headers.get("accept")
 
+    def _refuse_read(request: Request, who: Principal, scope: ReadScope, *, action: str,
+                     study: str | None = None) -> None:
+        """Ledger a read outside the caller's scope, then refuse it (403, same answer whether
+        or not the study exists)."""
+        details: dict[str, Any] = {"via": "dicomweb" if request.url.path.startswith("/dicomweb") else "fhir"}
+        if study:
+            details["study"] = study
+        ledger.append(Event(kind="access", actor=_actor(who), action=action,
+                            resource=f"study:{study}" if study else f"node:{request.url.path}",
+                            purpose=purpose_of(request), outcome=Outcome.deny(scope.reason), details=details))
+        _json_log("refused", path=request.url.path, status=403, reason=scope.reason)
+        raise DicomwebError(403, scope.explain())
+
+    def _search_scope(request: Request, who: Principal) -> ReadScope:
+        scope = read_scope(request, who)
+        if not scope:
+            _refuse_read(request, who, scope, action="read")
+        return scope
+
+    def _study_scope(request: Request, who: Principal, study: str, action: str) -> None:
+        from sqlalchemy import select
+
+        from incisive_lab.node._db import studies_table as st
+
+        scope = read_scope(request, who)
+        owner = store.index.fetch(select(st.c.dataset, st.c.patient_id).where(st.c.study_uid == study))
+        if not owner or not scope.allows(owner[0].dataset, owner[0].patient_id):
+            _refuse_read(request, who, scope, action=action, study=study)
+
     @app.get("/dicomweb/studies")
     def qido_studies(request: Request, who: Caller) -> Response:
+        scope = _search_scope(request, who)
         reply = dicomweb.search_studies(request.query_params.multi_items(), accept=_accept(request),
-                                        base_url=_base(request))
+                                        base_url=_base(request), scope=scope)
         return _dicomweb_reply(request, who, reply, action="read", fmt="metadata")
 
     @app.get("/dicomweb/series")
     @app.get("/dicomweb/studies/{study}/series")
     def qido_series(request: Request, who: Caller, study: str | None = None) -> Response:
+        scope = _search_scope(request, who)
         reply = dicomweb.search_series(request.query_params.multi_items(), study_uid=study, accept=_accept(request),
-                                       base_url=_base(request))
+                                       base_url=_base(request), scope=scope)
         return _dicomweb_reply(request, who, reply, action="read", fmt="metadata")
 
     @app.get("/dicomweb/instances")
     @app.get("/dicomweb/studies/{study}/instances")
     @app.get("/dicomweb/studies/{study}/series/{series}/instances")
     def qido_instances(request: Request, who: Caller, study: str | None = None, series: str | None = None) -> Response:
+        scope = _search_scope(request, who)
         reply = dicomweb.search_instances(request.query_params.multi_items(), study_uid=study, series_uid=series,
-                                          accept=_accept(request), base_url=_base(request))
+                                          accept=_accept(request), base_url=_base(request), scope=scope)
         return _dicomweb_reply(request, who, reply, action="read", fmt="metadata")
 
     @app.get("/dicomweb/studies/{study}")
     @app.get("/dicomweb/studies/{study}/series/{series}")
     @app.get("/dicomweb/studies/{study}/series/{series}/instances/{instance}")
     def wado(request: Request, who: Caller, study: str, series: str | None = None, instance: str | None = None) -> Response:
+        _study_scope(request, who, study, "retrieve")
         reply = dicomweb.retrieve(study, series, instance, accept=_accept(request))
         return _dicomweb_reply(request, who, reply, action="retrieve", fmt="dicom")
 
@@ -246,17 +304,20 @@ def create_app(settings: ServiceSettings, *, verifier: Any = None, http_transpor
     @app.get("/dicomweb/studies/{study}/series/{series}/metadata")
     @app.get("/dicomweb/studies/{study}/series/{series}/instances/{instance}/metadata")
     def wado_metadata(request: Request, who: Caller, study: str, series: str | None = None, instance: str | None = None) -> Response:
+        _study_scope(request, who, study, "read")
         reply = dicomweb.retrieve_metadata(study, series, instance, accept=_accept(request), base_url=_base(request))
         return _dicomweb_reply(request, who, reply, action="read", fmt="metadata")
 
     @app.get("/dicomweb/studies/{study}/series/{series}/instances/{instance}/frames/{frames}")
     def wado_frames(request: Request, who: Caller, study: str, series: str, instance: str, frames: str) -> Response:
+        _study_scope(request, who, study, "stream")
         reply = dicomweb.retrieve_frames(study, series, instance, frames, accept=_accept(request))
         return _dicomweb_reply(request, who, reply, action="stream", fmt="dicom")
 
     @app.get("/dicomweb/studies/{study}/series/{series}/instances/{instance}/rendered")
     @app.get("/dicomweb/studies/{study}/series/{series}/instances/{instance}/frames/{frame}/rendered")
     def wado_rendered(request: Request, who: Caller, study: str, series: str, instance: str, frame: int | None = None) -> Response:
+        _study_scope(request, who, study, "view")
         reply = dicomweb.retrieve_rendered(study, series, instance, frame, request.query_params.multi_items(),
                                            accept=_accept(request))
         return _dicomweb_reply(request, who, reply, action="view", fmt="derived")
@@ -355,10 +416,21 @@ def create_app(settings: ServiceSettings, *, verifier: Any = None, http_transpor
                         {"severity": "error", "code": "structure", "diagnostics": "the body is not JSON"}]},
                         status_code=400, media_type="application/fhir+json")
         roles = {r.value for r in who.roles}
+        cohorts = None
+        if path.strip("/") != "metadata" and (request.method == "GET" or path.rstrip("/").endswith("_search")):
+            scope = await run_in_threadpool(read_scope, request, who)
+            if not scope:
+                await run_in_threadpool(ledger.append, Event(
+                    kind="access", actor=_actor(who), action="read", resource=f"node:fhir/{path}",
+                    purpose=purpose_of(request), outcome=Outcome.deny(scope.reason), details={"via": "fhir"}))
+                return JSONResponse({"resourceType": "OperationOutcome", "issue": [
+                    {"severity": "error", "code": "forbidden", "diagnostics": scope.explain()}]},
+                    status_code=403, media_type="application/fhir+json")
+            cohorts = scope.cohorts
         reply = await run_in_threadpool(
             fhir.handle, request.method, path, request.query_params.multi_items(),
             base_url=str(request.base_url).rstrip("/") + "/fhir", body=body, form=form, roles=roles,
-            prefer=request.headers.get("prefer"))
+            prefer=request.headers.get("prefer"), cohorts=cohorts)
         purpose = purpose_of(request)
         if reply.resources:
             events = [Event(kind="access", actor=_actor(who), action="read", resource=f"fhir:{ref}", purpose=purpose,
@@ -384,14 +456,12 @@ def create_app(settings: ServiceSettings, *, verifier: Any = None, http_transpor
                 governance.withdraw_patient(dataset, patient, steward=who.subject)
 
     # --- governance: terms, requests, grants, withdrawals ------------------------------------
-    from incisive_lab.governance.store import Governance
     from incisive_lab.node.governance_api import add_governance_routes
 
-    governance = Governance(store.engine, ledger)
     app.state.governance = governance
     add_governance_routes(app, governance, principal=_principal, ledger=ledger,
                           patient_studies=lambda p: [s.study_uid for s in store.index.studies(patient_id=p)],
-                          store=store)
+                          store=store, organisation=settings.organisation)
 
     # --- the node's ledger ------------------------------------------------------------------
     @app.get("/ledger/checkpoint")
@@ -401,7 +471,7 @@ def create_app(settings: ServiceSettings, *, verifier: Any = None, http_transpor
     @app.get("/ledger/accesses")
     def ledger_accesses(request: Request, who: Caller, resource: str) -> JSONResponse:
         """The steward's "who accessed my data": entries about a resource, each with its proof."""
-        who.require_role(Role.STEWARD, Role.AUDITOR)
+        require_staff(who, settings.organisation, Role.STEWARD, Role.AUDITOR)
         return JSONResponse(ledger.query(resource=resource, limit=1000).to_dict())
 
     return app

@@ -68,14 +68,18 @@ REDIRECT_URI = "http://127.0.0.1/callback"
 #: The scopes a node audience offers by default (the resource server's scopes).
 DEFAULT_SCOPES: tuple[str, ...] = ("node:read", "node:write")
 
-#: Test users: one per project role at LoA substantial, one at high, one at low.
+#: Test users: one per project role at LoA substantial, one at high, one at low; the
+#: organisation is the token's ``schac_home_organization`` claim.
 DEFAULT_USERS: tuple[Mapping[str, Any], ...] = (
     {"username": "researcher", "name": "Rita Researcher", "email": "researcher@incisive.test",
-     "roles": ["researcher"], "groups": ["/incisive/researcher"], "loa": "substantial"},
+     "roles": ["researcher"], "groups": ["/incisive/researcher"], "loa": "substantial",
+     "organisation": "uni-a.example"},
     {"username": "steward", "name": "Stefan Steward", "email": "steward@incisive.test",
-     "roles": ["steward"], "groups": ["/incisive/steward"], "loa": "substantial"},
+     "roles": ["steward"], "groups": ["/incisive/steward"], "loa": "substantial",
+     "organisation": "hospital-a.example"},
     {"username": "annotator", "name": "Anna Annotator", "email": "annotator@incisive.test",
-     "roles": ["annotator"], "groups": ["/incisive/annotator"], "loa": "high"},
+     "roles": ["annotator"], "groups": ["/incisive/annotator"], "loa": "high",
+     "organisation": "uni-a.example"},
     {"username": "lowloa", "name": "Lou Low", "email": "lowloa@incisive.test",
      "roles": ["researcher"], "groups": [], "loa": "low"},
 )

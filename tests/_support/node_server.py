@@ -10,14 +10,22 @@ import contextlib
 import dataclasses
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import httpx
 
 from incisive_lab.node.service import ServiceSettings, create_app
 from tests._support.orthanc import free_port
 
-__all__ = ["serve_node"]
+__all__ = ["OPEN_TERMS", "grant_access", "serve_node"]
+
+#: Sharing terms that let researchers and annotators of any organisation view, for tests
+#: whose subject is not governance itself.
+OPEN_TERMS: dict[str, Any] = {
+    "hosting": "federated", "visibility": "visible", "organisations": ["*"],
+    "roles": ["researcher", "annotator"], "purposes": ["ai-development"], "min_loa": "substantial",
+    "floor": 10, "expires": None}
 
 
 @contextlib.contextmanager
@@ -47,3 +55,33 @@ def serve_node(settings: ServiceSettings) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+def grant_access(url: str, token: Callable[[str], str], *, users: Sequence[str] = ("researcher",),
+                 purpose: str = "ai-development", terms: dict[str, Any] | None = None,
+                 steward: str = "steward", datasets: Sequence[str] | None = None) -> dict[str, list[str]]:
+    """Through the node's own API: the steward sets ``terms`` on every dataset (those of the
+    node's catalogue, or ``datasets``), each user asks for each dataset for ``purpose``, and
+    the steward approves with every consenting patient.
+
+    Returns the grant ids per user. ``token(user)`` gives a user's access token.
+    """
+    def call(method: str, path: str, user: str, **kw: Any) -> Any:
+        r = httpx.request(method, url + path, timeout=30, **kw, headers={
+            "Authorization": f"Bearer {token(user)}", "X-Purpose": purpose})
+        if r.status_code >= 300:
+            raise RuntimeError(f"{method} {path} as {user}: {r.status_code} {r.text}")
+        return r.json()
+
+    if datasets is None:
+        datasets = [d["dct:identifier"] for d in call("GET", "/catalogue", steward)["datasets"]]
+    out: dict[str, list[str]] = {}
+    for dataset in datasets:
+        call("PUT", f"/governance/terms/{dataset}", steward, json={**OPEN_TERMS, **(terms or {}),
+                                                                  "purposes": [purpose]})
+        for user in users:
+            req = call("POST", "/governance/requests", user,
+                       json={"dataset": dataset, "purpose": purpose, "project": "tests"})
+            grant = call("POST", f"/governance/requests/{req['request_id']}/approve", steward, json={"days": 30})
+            out.setdefault(user, []).append(grant["grant_id"])
+    return out

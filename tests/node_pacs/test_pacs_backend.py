@@ -425,3 +425,48 @@ def test_orthanc_answers_loopback_only(orthanc: OrthancServer) -> None:
     assert config["RemoteAccessAllowed"] is False
     assert config["AuthenticationEnabled"] is False
     assert Path(config["Plugins"][0]).name.startswith("libOrthancDicomWeb")
+
+
+# --------------------------------------------------------------------------- read scope
+
+@pytest.mark.parametrize("max_scope_list", [100, 1], ids=["uid-list", "filtered-pages"])
+@pytest.mark.parametrize("level", ["study", "series", "instance"])
+def test_a_read_scope_limits_pacs_searches_like_the_file_store(store: NodeStore, orthanc: OrthancServer,
+                                                               level: str, max_scope_list: int) -> None:
+    """Both ways the PACS back-end applies a scope (a StudyInstanceUID list, or filtering the
+    PACS's pages here) give the file store's answer, page by page."""
+    from incisive_lab.governance.scope import ReadScope
+
+    studies = store.index.studies()
+    patients = sorted({s.patient_id for s in studies})
+    dataset = studies[0].dataset
+    scope = ReadScope("ai-development", {dataset: frozenset(patients[:2])})
+    allowed = frozenset(s.study_uid for s in studies if s.patient_id in patients[:2])
+    files = DicomwebService(store)
+    with PacsBackend(orthanc.dicomweb_url, scope_studies=lambda _s: allowed, max_scope_list=max_scope_list,
+                     max_limit=4) as pacs:
+        search = {"study": "search_studies", "series": "search_series", "instance": "search_instances"}[level]
+        tag = {"study": "0020000D", "series": "0020000E", "instance": "00080018"}[level]
+        whole = uids(items(getattr(files, search)([], scope=scope)), tag)
+        assert whole and set(uids(items(getattr(files, search)([], scope=scope)), "0020000D")) <= allowed
+        for offset in range(0, len(whole) + 1, 3):
+            page = [("limit", "3"), ("offset", str(offset))]
+            want = uids(items(getattr(files, search)(page, scope=scope)), tag)
+            got = getattr(pacs, search)(page, scope=scope)
+            if level == "study":  # the same order on both (date, time, UID); below, the PACS's own
+                assert sorted(uids(items(got), tag)) == sorted(want), (offset, want)
+            assert set(uids(items(got), "0020000D")) <= allowed
+        # the union of the PACS's pages is the scope's matches, nothing more
+        seen: list[str] = []
+        offset = 0
+        while True:
+            got = items(getattr(pacs, search)([("limit", "3"), ("offset", str(offset))], scope=scope))
+            seen += uids(got, tag)
+            if len(got) < 3:
+                break
+            offset += 3
+        assert sorted(seen) == sorted(whole)
+        # a scope with nothing in it asks the PACS nothing and finds nothing
+        empty = PacsBackend(orthanc.dicomweb_url, scope_studies=lambda _s: frozenset())
+        assert items(empty.search_studies([], scope=scope)) == []
+        empty.close()

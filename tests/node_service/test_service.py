@@ -24,7 +24,7 @@ from incisive_lab.access import JwksCache, TokenVerifier
 from incisive_lab.ledger import Ledger
 from incisive_lab.node.service import ServiceSettings
 from tests._support.idp import Idp, start_idp, write_jwks
-from tests._support.node_server import serve_node
+from tests._support.node_server import grant_access, serve_node
 from tests.access.idp import TestKey, claims, forge_hmac, forge_unsigned
 
 AUDIENCE = "https://node-a.test/"
@@ -43,7 +43,7 @@ class Served:
         return self._tokens[user]
 
     def headers(self, user: str = "researcher") -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.token(user)}", "X-Purpose": "test:service"}
+        return {"Authorization": f"Bearer {self.token(user)}", "X-Purpose": "ai-development; project=service-tests"}
 
     def forged(self, **overrides: Any) -> str:
         """Claims of our choosing, signed with the identity provider's own key (attack matrix only)."""
@@ -84,7 +84,9 @@ def served(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
         key = small_node.parent / "keys" / "provider.key"
         url = stack.enter_context(serve_node(ServiceSettings(
             node_dir=node, issuer=idp.issuer, audience=AUDIENCE, pacs_url=pacs_url, secret_file=key)))
-        yield Served(node, idp, idp_key, url, key)
+        served = Served(node, idp, idp_key, url, key)
+        grant_access(url, served.token, users=("researcher", "annotator"))  # reads need a grant
+        yield served
 
 
 def test_health_needs_no_token_and_says_nothing_about_data(served: Served) -> None:
@@ -124,7 +126,8 @@ def test_dicomweb_client_searches_and_retrieves(served: Served) -> None:
 def test_fhirpy_searches_with_paging_reads_and_a_steward_creates_a_consent(served: Served) -> None:
     from fhirpy import SyncFHIRClient
 
-    client = SyncFHIRClient(served.url + "/fhir", authorization=f"Bearer {served.token('researcher')}")
+    client = SyncFHIRClient(served.url + "/fhir", authorization=f"Bearer {served.token('researcher')}",
+                            extra_headers={"X-Purpose": "ai-development"})
     patients = client.resources("Patient").fetch_all()
     assert patients
     assert client.resources("Observation").count() > 0
@@ -132,7 +135,8 @@ def test_fhirpy_searches_with_paging_reads_and_a_steward_creates_a_consent(serve
     assert len(pages) == client.resources("Observation").count()
     one = client.reference("Patient", patients[0].id).to_resource()
     assert one.id == patients[0].id
-    steward = SyncFHIRClient(served.url + "/fhir", authorization=f"Bearer {served.token('steward')}")
+    steward = SyncFHIRClient(served.url + "/fhir", authorization=f"Bearer {served.token('steward')}",
+                             extra_headers={"X-Purpose": "ai-development"})
     consent = steward.resource(
         "Consent", status="active",
         scope={"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "research"}]},

@@ -12,6 +12,10 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from incisive_lab.governance.scope import ReadScope
 
 __all__ = [
     "Accessed",
@@ -207,26 +211,30 @@ def check_uid(value: str, what: str) -> str:
 
 class QidoRoutes:
     """The three QIDO-RS routes of a back-end, over its one ``_search`` (same checks on
-    every back-end: a series needs its study)."""
+    every back-end: a series needs its study). ``scope`` limits the matches to a caller's
+    :class:`~incisive_lab.governance.scope.ReadScope` before paging (``None``: no limit)."""
 
     def _search(self, level: str, query: QueryParams | None, accept: str | None, base_url: str,
-                study_uid: str | None = None, series_uid: str | None = None) -> DicomwebResponse:
+                study_uid: str | None = None, series_uid: str | None = None,
+                scope: ReadScope | None = None) -> DicomwebResponse:
         raise NotImplementedError  # each back-end searches its own way
 
     def search_studies(self, query: QueryParams | None = None, *, accept: str | None = None,
-                       base_url: str = "") -> DicomwebResponse:
+                       base_url: str = "", scope: ReadScope | None = None) -> DicomwebResponse:
         """``GET /studies`` — QIDO-RS study search (see :mod:`.qido` for the matching)."""
-        return self._search("study", query, accept, base_url)
+        return self._search("study", query, accept, base_url, scope=scope)
 
     def search_series(self, query: QueryParams | None = None, *, study_uid: str | None = None,
-                      accept: str | None = None, base_url: str = "") -> DicomwebResponse:
+                      accept: str | None = None, base_url: str = "",
+                      scope: ReadScope | None = None) -> DicomwebResponse:
         """``GET /series`` or ``GET /studies/{study_uid}/series``."""
-        return self._search("series", query, accept, base_url, study_uid)
+        return self._search("series", query, accept, base_url, study_uid, scope=scope)
 
     def search_instances(self, query: QueryParams | None = None, *,
                          study_uid: str | None = None, series_uid: str | None = None,
-                         accept: str | None = None, base_url: str = "") -> DicomwebResponse:
+                         accept: str | None = None, base_url: str = "",
+                         scope: ReadScope | None = None) -> DicomwebResponse:
         """``GET /instances``, ``/studies/{s}/instances`` or ``/studies/{s}/series/{se}/instances``."""
         if series_uid is not None and study_uid is None:
             raise DicomwebError(400, "path: a series needs its study")
-        return self._search("instance", query, accept, base_url, study_uid, series_uid)
+        return self._search("instance", query, accept, base_url, study_uid, series_uid, scope=scope)

@@ -8,6 +8,9 @@ interchangeable. A back-end implements:
 
 ``search_studies``, ``search_series``, ``search_instances``
     QIDO-RS. The query is validated exactly as :func:`~.qido.parse_query` does (same 400s).
+    ``scope`` (a :class:`~incisive_lab.governance.scope.ReadScope`) keeps only the studies
+    of patients the caller may read, before ``limit``/``offset`` apply. Retrievals are
+    checked against the scope by the ASGI layer (one study lookup) before they are called.
 ``retrieve``
     WADO-RS instances: ``multipart/related; type="application/dicom"``.
 ``retrieve_metadata``
@@ -31,9 +34,12 @@ Example
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from incisive_lab.node.dicomweb._http import DicomwebResponse, QueryParams
+
+if TYPE_CHECKING:
+    from incisive_lab.governance.scope import ReadScope
 
 __all__ = ["DicomwebBackend"]
 
@@ -43,18 +49,20 @@ class DicomwebBackend(Protocol):
     """What the node's DICOMweb endpoints need from an image store (see the module doc)."""
 
     def search_studies(self, query: QueryParams | None = None, *, accept: str | None = None,
-                       base_url: str = "") -> DicomwebResponse:
+                       base_url: str = "", scope: ReadScope | None = None) -> DicomwebResponse:
         """``GET /studies``."""
         ...
 
     def search_series(self, query: QueryParams | None = None, *, study_uid: str | None = None,
-                      accept: str | None = None, base_url: str = "") -> DicomwebResponse:
+                      accept: str | None = None, base_url: str = "",
+                      scope: ReadScope | None = None) -> DicomwebResponse:
         """``GET /series`` or ``GET /studies/{study_uid}/series``."""
         ...
 
     def search_instances(self, query: QueryParams | None = None, *,
                          study_uid: str | None = None, series_uid: str | None = None,
-                         accept: str | None = None, base_url: str = "") -> DicomwebResponse:
+                         accept: str | None = None, base_url: str = "",
+                         scope: ReadScope | None = None) -> DicomwebResponse:
         """``GET /instances``, ``/studies/{s}/instances`` or ``/studies/{s}/series/{se}/instances``."""
         ...
 

@@ -21,6 +21,11 @@ on the PACS it already runs. What the node adds on top of the PACS:
   retrieval one instance-level QIDO request scoped to the path lists the instances served
   (and answers 404 for unknown or inconsistent paths), so PACS accesses are ledgered
   exactly like file-store ones.
+* **The caller's read scope.** A search with a
+  :class:`~incisive_lab.governance.scope.ReadScope` is limited to the studies the node's
+  index puts in scope (``scope_studies``): up to ``max_scope_list`` of them are sent as a
+  ``StudyInstanceUID`` list (intersected with the caller's own), so the PACS pages; a
+  larger scope is filtered here, reading the PACS's pages until the caller's page is full.
 * **Errors in the node's terms.** PACS 404 → 404, 400/406 → the same status with the
   PACS's explanation, any other failure → 502, unreachable or timed out → 502 naming the
   PACS's URL.
@@ -33,9 +38,9 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlsplit
 
 import httpx
@@ -61,6 +66,9 @@ from incisive_lab.node.dicomweb.service import (
     _json_accept,
     _multipart_accept,
 )
+
+if TYPE_CHECKING:
+    from incisive_lab.governance.scope import ReadScope
 
 __all__ = ["PacsBackend"]
 
@@ -112,6 +120,11 @@ class PacsBackend(QidoRoutes):
         Seconds for connecting to and each read from the PACS.
     max_limit
         The largest QIDO-RS ``limit`` (and the default), as on the file store.
+    scope_studies
+        Maps a read scope to the study UIDs in it (the node service passes one over its
+        index); without it a scoped search is refused.
+    max_scope_list
+        The most study UIDs sent to the PACS as a list; larger scopes are filtered here.
 
     Examples
     --------
@@ -125,7 +138,9 @@ class PacsBackend(QidoRoutes):
                  transport: httpx.BaseTransport | None = None,
                  headers: Mapping[str, str] | None = None,
                  auth: httpx.Auth | tuple[str, str] | None = None, timeout: float = 30.0,
-                 max_limit: int = MAX_LIMIT) -> None:
+                 max_limit: int = MAX_LIMIT,
+                 scope_studies: Callable[[ReadScope], frozenset[str]] | None = None,
+                 max_scope_list: int = 100) -> None:
         if http is not None and transport is not None:
             raise ValueError("PacsBackend: give either http= or transport=, not both")
         parts = urlsplit(base_url)
@@ -139,6 +154,8 @@ class PacsBackend(QidoRoutes):
         self._headers = dict(headers or {})
         self._auth = auth
         self._max_limit = max_limit
+        self._scope_studies = scope_studies
+        self._max_scope_list = max_scope_list
         self._url_prefix = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://[^/]+"
                                       + re.escape(self._root_path) + r"(?=/|$)")
 
@@ -258,7 +275,7 @@ class PacsBackend(QidoRoutes):
 
     def _search(self, level: str, query: QueryParams | None, accept: str | None,
                 base_url: str, study_uid: str | None = None,
-                series_uid: str | None = None) -> DicomwebResponse:
+                series_uid: str | None = None, scope: ReadScope | None = None) -> DicomwebResponse:
         media = _json_accept(accept, "search results")
         if study_uid is not None:
             check_uid(study_uid, "path: StudyInstanceUID")
@@ -271,10 +288,12 @@ class PacsBackend(QidoRoutes):
                         {"study": "/studies", "series": "/series",
                          "instance": "/instances"}[level]))
         refine: list[tuple[str, re.Pattern[str]]] = []
-        found = self._json(path, self._forward_query(pairs, parsed.limit, parsed.offset,
-                                                     refine))
-        for tag, pattern in refine:
-            found = [i for i in found if pattern.fullmatch(str(_first(i, tag) or ""))]
+        if scope is None:
+            found = self._json(path, self._forward_query(pairs, parsed.limit, parsed.offset, refine))
+            for tag, pattern in refine:
+                found = [i for i in found if pattern.fullmatch(str(_first(i, tag) or ""))]
+        else:
+            found = self._scoped(path, pairs, parsed.limit, parsed.offset, scope, study_uid, refine)
         more = len(found) > parsed.limit
         found = found[:parsed.limit]
         for item in found:
@@ -293,6 +312,46 @@ class PacsBackend(QidoRoutes):
             if level == "instance" else ())
         body = json.dumps(found, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
         return DicomwebResponse(200, media, body, tuple(headers), accessed)
+
+    def _scoped(self, path: str, pairs: list[tuple[str, str]], limit: int, offset: int,
+                scope: ReadScope, study_uid: str | None,
+                refine: list[tuple[str, re.Pattern[str]]]) -> list[dict[str, Any]]:
+        """One page (``limit + 1`` items from ``offset``) of matches within ``scope``."""
+        if self._scope_studies is None:
+            raise DicomwebError(500, "this PACS back-end was configured without the node index, "
+                                     "so it cannot limit a search to the caller's grants")
+        allowed = set(self._scope_studies(scope))
+        if study_uid is not None:
+            allowed &= {study_uid}
+        mine = [v for k, v in pairs if k.lower() in ("studyinstanceuid", "0020000d")]
+        if mine:
+            asked = {u for v in mine for u in v.replace("\\", ",").split(",") if u}
+            allowed &= asked
+        if not allowed:
+            return []
+        rest = [(k, v) for k, v in pairs if k.lower() not in ("studyinstanceuid", "0020000d")]
+        if study_uid is not None or len(allowed) <= self._max_scope_list:
+            # the path's study is in scope, or the scope is small enough to send as a list
+            forward = pairs if study_uid is not None else [
+                *rest, ("StudyInstanceUID", ",".join(sorted(allowed)))]
+            found = self._json(path, self._forward_query(forward, limit, offset, refine))
+            for tag, pattern in refine:
+                found = [i for i in found if pattern.fullmatch(str(_first(i, tag) or ""))]
+            return found
+        # a large scope: read the PACS's pages and keep the caller's studies
+        kept: list[dict[str, Any]] = []
+        page, start = self._max_limit, 0
+        while len(kept) < offset + limit + 1:
+            refine.clear()
+            batch = self._json(path, self._forward_query(rest, page - 1, start, refine))
+            got = len(batch)
+            for tag, pattern in refine:
+                batch = [i for i in batch if pattern.fullmatch(str(_first(i, tag) or ""))]
+            kept.extend(i for i in batch if _first(i, _STUDY) in allowed)
+            if got < page:
+                break
+            start += page
+        return kept[offset:offset + limit + 1]
 
     # ------------------------------------------------------------------ WADO-RS
 

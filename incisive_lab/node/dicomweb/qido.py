@@ -23,12 +23,13 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import ColumnElement, Select, and_, exists, func, select
 
+from incisive_lab.node._scope_sql import scope_condition
 from incisive_lab.node.dicomweb._headers import HeaderCache
 from incisive_lab.node.dicomweb._http import DicomwebError, check_uid
 from incisive_lab.node.dicomweb.attributes import (
@@ -350,7 +351,8 @@ def _study_counts() -> list[Any]:
             .scalar_subquery().label("st_n_inst")]
 
 
-def _statement(query: Query, dialect: str, scope: dict[str, str]) -> Select[Any]:
+def _statement(query: Query, dialect: str, scope: dict[str, str],
+               cohorts: Mapping[str, frozenset[str]] | None = None) -> Select[Any]:
     st, pa, se, it = studies_table, patients_table, series_table, instances_table
     it2 = instances_table.alias("it_series_count")
     pa_join = and_(pa.c.dataset == st.c.dataset, pa.c.patient_id == st.c.patient_id)
@@ -386,6 +388,8 @@ def _statement(query: Query, dialect: str, scope: dict[str, str]) -> Select[Any]
         q = q.where(st.c.study_uid == scope["study"])
     if "series" in scope:
         q = q.where(se.c.series_uid == scope["series"])
+    if cohorts is not None:  # the caller's read scope, before paging
+        q = q.where(scope_condition(st.c.dataset, st.c.patient_id, cohorts))
     for m in query.matches:
         q = q.where(_condition(m, dialect))
     return q.order_by(*order).offset(query.offset).limit(query.limit + 1)
@@ -499,7 +503,8 @@ class _Renderer:
 
 
 def search(index: NodeIndex, headers: HeaderCache, query: Query, *, base_url: str,
-           study_uid: str | None = None, series_uid: str | None = None) -> QueryResult:
+           study_uid: str | None = None, series_uid: str | None = None,
+           cohorts: Mapping[str, frozenset[str]] | None = None) -> QueryResult:
     """Run ``query`` on the index and render the matches.
 
     Parameters
@@ -512,9 +517,12 @@ def search(index: NodeIndex, headers: HeaderCache, query: Query, *, base_url: st
         The DICOMweb service root as the client sees it (for RetrieveURL).
     study_uid, series_uid
         The path's scope (``/studies/{study}/series``, ``/studies/{s}/series/{se}/instances``).
+    cohorts
+        The caller's read scope (dataset -> patients; see
+        :class:`~incisive_lab.governance.scope.ReadScope`); ``None``: no restriction.
     """
     scope = {k: v for k, v in (("study", study_uid), ("series", series_uid)) if v}
-    rows = index.fetch(_statement(query, index.dialect_name, scope))
+    rows = index.fetch(_statement(query, index.dialect_name, scope, cohorts))
     more = len(rows) > query.limit
     rows = rows[:query.limit]
     study_uids = list(dict.fromkeys(r.study_uid for r in rows))

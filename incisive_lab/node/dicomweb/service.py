@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from incisive_lab.node.dicomweb._headers import HeaderCache
 from incisive_lab.node.dicomweb._http import (
@@ -41,6 +42,9 @@ from incisive_lab.node.dicomweb.render import (
 from incisive_lab.node.dicomweb.rendered import parse_render_params, render_frame, rendered_media
 from incisive_lab.node.index import InstanceRow
 from incisive_lab.node.store import NodeStore
+
+if TYPE_CHECKING:
+    from incisive_lab.governance.scope import ReadScope
 
 __all__ = ["DicomwebService"]
 
@@ -108,7 +112,8 @@ class DicomwebService(QidoRoutes):
     # ------------------------------------------------------------------ QIDO-RS
 
     def _search(self, level: str, query: QueryParams | None, accept: str | None, base_url: str,
-                study_uid: str | None = None, series_uid: str | None = None) -> DicomwebResponse:
+                study_uid: str | None = None, series_uid: str | None = None,
+                scope: ReadScope | None = None) -> DicomwebResponse:
         media = _json_accept(accept, "search results")
         if study_uid is not None:
             check_uid(study_uid, "path: StudyInstanceUID")
@@ -116,7 +121,8 @@ class DicomwebService(QidoRoutes):
             check_uid(series_uid, "path: SeriesInstanceUID")
         parsed = parse_query(query_pairs(query), level, max_limit=self._max_limit)
         result = search(self._index, self._headers, parsed, base_url=base_url,
-                        study_uid=study_uid, series_uid=series_uid)
+                        study_uid=study_uid, series_uid=series_uid,
+                        cohorts=scope.cohorts if scope is not None else None)
         headers = []
         if result.more:
             headers.append(("Warning", _WARNING_MORE))
