@@ -43,6 +43,7 @@ Examples
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import hmac
@@ -279,9 +280,9 @@ def remove_patient(store: NodeStore, dataset: str, patient_id: str) -> Removed:
     its removal tag, and its FHIR resources (those whose ``patient_ref`` is
     ``Patient/<id>``, the Patient included, with their search tokens: of ``dataset``, or of
     no dataset when no other dataset holds the same id); the objects whose last instance
-    row goes are listed in ``object_deletions``. After the commit the listed files are
-    unlinked (:func:`sweep`) and the dataset's HealthDCAT-AP record is rewritten with the
-    new counts (when the dataset has one).
+    row goes are listed in ``object_deletions``. After the commit the dataset's
+    HealthDCAT-AP record is rewritten with the new counts (when the dataset has one; left
+    alone when they are already those) and the listed files are unlinked (:func:`sweep`).
 
     Raises
     ------
@@ -293,17 +294,17 @@ def remove_patient(store: NodeStore, dataset: str, patient_id: str) -> Removed:
 
     if not dataset or not patient_id:
         raise RemovalError("remove_patient: dataset and patient_id are required")
-    try:
-        with node_lock(store.dir / store.PRIVATE):
-            removed = _delete_rows(store, dataset, patient_id)
-            objects = sweep(store)
-    except IncisiveLabError as exc:
-        if "another ingest is running" in str(exc):
+    with contextlib.ExitStack() as held:
+        try:
+            held.enter_context(node_lock(store.dir / store.PRIVATE))
+        except IncisiveLabError:
             raise RemovalError(f"{store.dir}: an ingest is running on this node; retry the removal of "
                                f"patient {patient_id} when it is done") from None
-        raise
-    if removed.patients or removed.records or removed.instances:
+        removed = _delete_rows(store, dataset, patient_id)
+        # always (a no-op when the counts are those written): a removal interrupted after
+        # its commit left a record with the old counts, which this run corrects
         _rewrite_record(store, dataset)
+        objects = sweep(store)
     return Removed(removed.patients, removed.studies, removed.series, removed.instances, removed.records,
                    objects)
 
