@@ -25,6 +25,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "incisive_lab.deid._cli",
     "incisive_lab.ledger._cli",
     "incisive_lab.node._cli",
+    "incisive_lab.node._central_cli",
     "incisive_lab.federation._cli",
     "incisive_lab._demo",
 )
