@@ -37,13 +37,18 @@ class ReadScope:
 
     ``cohorts`` maps a dataset to the patient pseudonyms in scope; ``denied`` maps the
     datasets the caller holds a grant for but may not read now to the reason (for the
-    ledger and the error message); ``staff`` marks the node's own stewards.
+    ledger and the error message); ``staff`` marks the node's own stewards; ``whole``
+    (an optimisation, never a widening) names datasets whose cohort is all their patients
+    but the listed ones.
     """
 
     purpose: str | None
     cohorts: Mapping[str, frozenset[str]]
     denied: Mapping[str, str] = field(default_factory=dict)
     staff: bool = False
+    #: Datasets whose cohort is every patient the node holds in them but these (withdrawn):
+    #: SQL can say "this dataset, not these few" instead of listing every patient.
+    whole: Mapping[str, frozenset[str]] = field(default_factory=dict)
 
     def allows(self, dataset: str | None, patient: str | None) -> bool:
         """Whether the patient's data in ``dataset`` is in scope (unknown → no)."""

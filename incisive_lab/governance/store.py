@@ -102,6 +102,7 @@ class Governance:
         self._engine = engine
         self._ledger = ledger
         self._clock = clock
+        self._scopes: dict[tuple[Any, ...], tuple[tuple[Any, ...], datetime, ReadScope]] = {}
 
     def _append(self, **event: Any) -> None:
         from incisive_lab.ledger import Event
@@ -183,34 +184,85 @@ class Governance:
         ``staff``: the node's own steward (the caller decides who that is); they read every
         consenting patient of every dataset. Everyone else reads the cohorts of their active
         grants for ``purpose`` whose ``view`` the policy allows now, without withdrawn patients.
+
+        Every read asks, so scopes are cached: an entry is used only while nothing it was
+        computed from changed (one small fingerprint query over terms, grants, their members,
+        withdrawals, Consents and patients — so a withdrawal counts on the very next
+        request), before its earliest grant or terms expiry, and for at most a minute.
         """
+        key = (requester, purpose, staff)
+        now = self._clock()
+        fingerprint = self._fingerprint()
+        cached = self._scopes.get(key)
+        if cached is not None and cached[0] == fingerprint and now < cached[1]:
+            return cached[2]
+        scope, valid_until = self._compute_scope(requester, purpose, staff=staff, now=now)
+        if len(self._scopes) >= 1024:
+            self._scopes.clear()
+        self._scopes[key] = (fingerprint, min(valid_until, now + timedelta(seconds=60)), scope)
+        return scope
+
+    def _fingerprint(self) -> tuple[Any, ...]:
+        from incisive_lab.node._db import fhir_table, patients_table
+
+        def n(table: Any) -> Any:
+            return select(func.count()).select_from(table).scalar_subquery()
+
+        consent = fhir_table.c.resource_type == "Consent"
+        q = select(n(sharing_terms_table), n(grants_table), n(grant_members_table), n(withdrawals_table),
+                   n(patients_table),
+                   select(func.coalesce(func.sum(grants_table.c.revoked), 0)).scalar_subquery(),
+                   select(func.count()).where(consent).scalar_subquery(),
+                   select(func.max(fhir_table.c.last_updated)).where(consent).scalar_subquery())
+        with self._engine.connect() as conn:
+            return tuple(conn.execute(q).one())
+
+    def _dataset_patients_all(self) -> dict[str, set[str]]:
         from incisive_lab.node._db import patients_table
 
+        with self._engine.connect() as conn:
+            rows = conn.execute(select(patients_table.c.dataset, patients_table.c.patient_id)).all()
+        out: dict[str, set[str]] = {}
+        for r in rows:
+            out.setdefault(r.dataset, set()).add(r.patient_id)
+        return out
+
+    def _compute_scope(self, requester: Requester, purpose: str | None, *, staff: bool,
+                       now: datetime) -> tuple[ReadScope, datetime]:
+        far = now + timedelta(days=1)
+        everyone = self._dataset_patients_all()
         if staff:
-            with self._engine.connect() as conn:
-                rows = conn.execute(select(patients_table.c.dataset, patients_table.c.patient_id)).all()
-            everyone: dict[str, set[str]] = {}
-            for r in rows:
-                everyone.setdefault(r.dataset, set()).add(r.patient_id)
             withdrawn = self.withdrawn()
-            return ReadScope(purpose, {d: frozenset(p - withdrawn) for d, p in everyone.items()}, staff=True)
-        now = self._clock()
+            return ReadScope(purpose, {d: frozenset(p - withdrawn) for d, p in everyone.items()}, staff=True,
+                             whole={d: frozenset(p & withdrawn) for d, p in everyone.items()}), far
         cohorts: dict[str, frozenset[str]] = {}
         denied: dict[str, str] = {}
         terms_of: dict[str, SharingTerms | None] = {}
         withdrawn_of: dict[str, frozenset[str]] = {}
+        valid_until = far
         for grant in self.grants_for(requester.subject):
             if grant.dataset not in terms_of:
                 terms_of[grant.dataset] = self.terms(grant.dataset)
-            d = decide(requester, Action.VIEW, terms_of[grant.dataset], purpose=purpose, now=now, grant=grant)
+            terms = terms_of[grant.dataset]
+            d = decide(requester, Action.VIEW, terms, purpose=purpose, now=now, grant=grant)
             if not d.allowed:
                 denied.setdefault(grant.dataset, d.reason)
                 continue
+            valid_until = min(valid_until, grant.expires)
+            if terms is not None and terms.expires is not None:
+                valid_until = min(valid_until, datetime.combine(terms.expires + timedelta(days=1),
+                                                                datetime.min.time(), tzinfo=UTC))
             if grant.dataset not in withdrawn_of:
                 withdrawn_of[grant.dataset] = self.withdrawn(grant.dataset)
             cohorts[grant.dataset] = cohorts.get(grant.dataset, frozenset()) | (
                 grant.members - withdrawn_of[grant.dataset])
-        return ReadScope(purpose, cohorts, {k: v for k, v in denied.items() if k not in cohorts})
+        whole: dict[str, frozenset[str]] = {}
+        for dataset, members in cohorts.items():
+            held = everyone.get(dataset, set())
+            if members and members == held - withdrawn_of[dataset]:
+                whole[dataset] = frozenset(held & withdrawn_of[dataset])
+        return ReadScope(purpose, cohorts, {k: v for k, v in denied.items() if k not in cohorts},
+                         whole=whole), valid_until
 
     # ---------------------------------------------------------------- requests
 

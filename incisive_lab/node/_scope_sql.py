@@ -10,25 +10,36 @@ thousands of patients must not hit SQLite's bound-parameter limit. An empty scop
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import and_, bindparam, false, or_
 from sqlalchemy.sql.elements import ColumnElement
 
+if TYPE_CHECKING:
+    from incisive_lab.governance.scope import ReadScope
+
 __all__ = ["scope_condition"]
 
 
-def scope_condition(dataset_col: Any, patient_col: Any, cohorts: Mapping[str, frozenset[str]], *,
+def scope_condition(dataset_col: Any, patient_col: Any, scope: ReadScope, *,
                     prefix: str = "") -> ColumnElement[bool]:
-    """``patient_col`` is in ``cohorts[dataset_col]`` (values prefixed with ``prefix``, e.g.
-    ``"Patient/"`` for FHIR references)."""
+    """``patient_col`` is in ``scope.cohorts[dataset_col]`` (values prefixed with ``prefix``,
+    e.g. ``"Patient/"`` for FHIR references). A dataset in ``scope.whole`` is every patient
+    of the dataset but ``whole[dataset]``: said as ``NOT IN`` those few instead of listing
+    every patient."""
+    cohorts, whole = scope.cohorts, scope.whole
+    def values(patients: frozenset[str]) -> Any:
+        return bindparam("scope", sorted(prefix + p for p in patients), expanding=True, literal_execute=True,
+                         unique=True)
+
     parts: list[ColumnElement[bool]] = []
     for dataset, patients in sorted(cohorts.items()):
         if not patients:
             continue
-        values = sorted(prefix + p for p in patients)
-        parts.append(and_(dataset_col == dataset,
-                          patient_col.in_(bindparam(f"scope_{len(parts)}", values, expanding=True,
-                                                    literal_execute=True, unique=True))))
+        if dataset in whole:
+            excluded = whole[dataset]
+            parts.append(and_(dataset_col == dataset, patient_col.not_in(values(excluded)))
+                         if excluded else dataset_col == dataset)
+        else:
+            parts.append(and_(dataset_col == dataset, patient_col.in_(values(patients))))
     return or_(*parts) if parts else false()

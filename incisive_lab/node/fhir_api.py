@@ -40,7 +40,7 @@ import email.utils
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlencode
 
 import pydantic
@@ -59,6 +59,9 @@ from incisive_lab.node._fhir_params import (
     parse_search,
 )
 from incisive_lab.node.fhir_store import FhirQuery, FhirStore
+
+if TYPE_CHECKING:
+    from incisive_lab.governance.scope import ReadScope
 
 __all__ = [
     "DEFAULT_COUNT",
@@ -233,7 +236,7 @@ class FhirApi:
     def handle(self, method: str, path: str | Sequence[str], params: _PARAMS = (), *,
                base_url: str, body: Any = None, form: _PARAMS | None = None,
                roles: Iterable[str] = (), prefer: str | None = None,
-               cohorts: Mapping[str, frozenset[str]] | None = None) -> FhirResponse:
+               scope: ReadScope | None = None) -> FhirResponse:
         """Answer one request.
 
         Parameters
@@ -256,10 +259,10 @@ class FhirApi:
             The caller's roles (from the verified token).
         prefer
             The ``Prefer`` header; ``handling=lenient`` ignores unknown search parameters.
-        cohorts
-            The caller's read scope (dataset -> patient ids): searches find, and reads
-            return, only resources of those patients (a read outside is 403); ``None``:
-            no limit (the library's own use).
+        scope
+            The caller's :class:`~incisive_lab.governance.scope.ReadScope`: searches find,
+            and reads return, only resources of its patients (a read outside is 403);
+            ``None``: no limit (the library's own use).
 
         Returns
         -------
@@ -270,7 +273,7 @@ class FhirApi:
         method = method.upper()
         try:
             return self._dispatch(method, parts, params, base_url=base_url, body=body,
-                                  form=form, roles=frozenset(roles), prefer=prefer, cohorts=cohorts)
+                                  form=form, roles=frozenset(roles), prefer=prefer, scope=scope)
         except _MethodNotAllowed as err:
             return error_response(err, allow=err.allow)
         except FhirError as err:
@@ -278,7 +281,7 @@ class FhirApi:
 
     def _dispatch(self, method: str, parts: list[str], params: _PARAMS, *, base_url: str,
                   body: Any, form: _PARAMS | None, roles: frozenset[str],
-                  prefer: str | None, cohorts: Mapping[str, frozenset[str]] | None = None) -> FhirResponse:
+                  prefer: str | None, scope: ReadScope | None = None) -> FhirResponse:
         if parts == ["metadata"]:
             if method not in ("GET", "HEAD"):
                 raise _MethodNotAllowed(method, "metadata", ["GET"])
@@ -291,7 +294,7 @@ class FhirApi:
         if len(parts) == 1:
             allow = ["GET", "POST"] if spec.writable else ["GET"]
             if method == "GET":
-                return self.search(spec.type, params, base_url=base_url, prefer=prefer, cohorts=cohorts)
+                return self.search(spec.type, params, base_url=base_url, prefer=prefer, scope=scope)
             if method == "POST" and spec.writable:
                 return self.create(spec.type, body, base_url=base_url, roles=roles)
             raise _MethodNotAllowed(method, what, allow)
@@ -299,18 +302,18 @@ class FhirApi:
             if method != "POST":
                 raise _MethodNotAllowed(method, what, ["POST"])
             merged = [*pairs_of(params), *pairs_of(form or ())]
-            return self.search(spec.type, merged, base_url=base_url, prefer=prefer, cohorts=cohorts)
+            return self.search(spec.type, merged, base_url=base_url, prefer=prefer, scope=scope)
         if len(parts) == 2:
             allow = ["GET", "PUT"] if spec.writable else ["GET"]
             if method == "GET":
-                return self.read(spec.type, parts[1], base_url=base_url, cohorts=cohorts)
+                return self.read(spec.type, parts[1], base_url=base_url, scope=scope)
             if method == "PUT" and spec.writable:
                 return self.update(spec.type, parts[1], body, base_url=base_url, roles=roles)
             raise _MethodNotAllowed(method, what, allow)
         if len(parts) == 4 and parts[2] == "_history":
             if method != "GET":
                 raise _MethodNotAllowed(method, what, ["GET"])
-            return self.read(spec.type, parts[1], base_url=base_url, version_id=parts[3], cohorts=cohorts)
+            return self.read(spec.type, parts[1], base_url=base_url, version_id=parts[3], scope=scope)
         raise FhirError(404, "not-supported", f"{what}: no such FHIR interaction here "
                         "(see [base]/metadata)")
 
@@ -322,7 +325,7 @@ class FhirApi:
 
     def read(self, resource_type: str, id: str, *, base_url: str,
              version_id: str | None = None,
-             cohorts: Mapping[str, frozenset[str]] | None = None) -> FhirResponse:
+             scope: ReadScope | None = None) -> FhirResponse:
         """``GET [base]/{type}/{id}`` (or ``.../_history/{vid}`` with ``version_id``).
 
         Raises
@@ -330,17 +333,16 @@ class FhirApi:
         FhirError
             400 for an id that is not a FHIR id, 404 when the resource (or that version:
             only the current one is kept) does not exist or the type is not served, 403
-            when it is outside ``cohorts`` (the same answer whether or not it exists).
+            when it is outside ``scope`` (the same answer whether or not it exists).
         """
         spec = _spec(resource_type)
         _base(base_url)
         if not ID_RE.fullmatch(id):
             raise FhirError(400, "invalid", f"{id!r} is not a FHIR id (1-64 of A-Z a-z 0-9 - .)")
-        if cohorts is not None:
+        if scope is not None:
             info = self._store.info(spec.type, id)
-            patient = (info.patient_ref or "").removeprefix("Patient/") if info is not None else ""
-            members = cohorts.get(info.dataset or "") if info is not None else None
-            if members is None or patient not in members:
+            patient = (info.patient_ref or "").removeprefix("Patient/") if info is not None else None
+            if info is None or not scope.allows(info.dataset, patient):
                 raise FhirError(403, "forbidden", f"{spec.type}/{id} is not within your grants "
                                 "for the declared purpose (X-Purpose)")
         resource = self._store.get(spec.type, id)
@@ -354,7 +356,7 @@ class FhirApi:
 
     def search(self, resource_type: str, params: _PARAMS, *, base_url: str,
                prefer: str | None = None,
-               cohorts: Mapping[str, frozenset[str]] | None = None) -> FhirResponse:
+               scope: ReadScope | None = None) -> FhirResponse:
         """``GET [base]/{type}?...``: a searchset Bundle.
 
         Parameters
@@ -376,13 +378,13 @@ class FhirApi:
         base = _base(base_url)
         req = parse_search(resource_type, pairs_of(params), base_url=base,
                            lenient=_lenient(prefer))
-        if cohorts is not None:
-            req = dataclasses.replace(req, query=dataclasses.replace(req.query, cohorts=cohorts))
+        if scope is not None:
+            req = dataclasses.replace(req, query=dataclasses.replace(req.query, scope=scope))
         store = self._store
         total = store.find_count(req.resource_type, req.query)
         matches = (store.find(req.resource_type, req.query, sort=req.sort, limit=req.count,
                               offset=req.offset) if req.count else [])
-        included = self._included(req, matches, cohorts)
+        included = self._included(req, matches, scope)
         entries = [_entry(base, r, "match") for r in matches]
         entries += [_entry(base, r, "include") for r in included]
         if req.ignored:
@@ -407,7 +409,7 @@ class FhirApi:
         return FhirResponse(200, bundle, {"Content-Type": FHIR_JSON}, served)
 
     def _included(self, req: SearchRequest, matches: Sequence[Mapping[str, Any]],
-                  cohorts: Mapping[str, frozenset[str]] | None = None) -> list[dict[str, Any]]:
+                  scope: ReadScope | None = None) -> list[dict[str, Any]]:
         if not req.includes or not matches:
             return []
         # Type:patient and Type:subject both name the resource's patient (the element
@@ -421,7 +423,7 @@ class FhirApi:
                     refs.add(text.partition("/")[2])
         if not refs:
             return []
-        return self._store.find("Patient", FhirQuery(ids=frozenset(refs), cohorts=cohorts))
+        return self._store.find("Patient", FhirQuery(ids=frozenset(refs), scope=scope))
 
     def create(self, resource_type: str, body: Any, *, base_url: str,
                roles: Iterable[str]) -> FhirResponse:

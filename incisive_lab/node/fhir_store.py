@@ -28,7 +28,7 @@ import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
     Connection,
@@ -48,6 +48,9 @@ from sqlalchemy import (
 
 from incisive_lab.node._db import StoreError, chunks, fhir_table, fhir_tokens_table, insert_ignore
 from incisive_lab.node._scope_sql import scope_condition
+
+if TYPE_CHECKING:
+    from incisive_lab.governance.scope import ReadScope
 
 __all__ = ["DateFilter", "DateTest", "FhirQuery", "FhirStore", "PutResult", "StoredInfo", "TokenFilter",
            "canonical_json", "fhir_table", "fhir_tokens_table"]
@@ -245,16 +248,16 @@ class FhirQuery:
     """Criteria of a FHIR search, all of which must hold.
 
     ``ids``/``patients``: the id, or the patient reference (``Patient/<id>``), is one of
-    these (``None``: no condition; an empty set matches nothing). ``cohorts``: the caller's
-    read scope, dataset -> patient ids (``None``: no limit; a resource without a patient
-    is never in a scope).
+    these (``None``: no condition; an empty set matches nothing). ``scope``: the caller's
+    :class:`~incisive_lab.governance.scope.ReadScope` (``None``: no limit; a resource
+    without a patient is never in a scope).
     """
 
     ids: frozenset[str] | None = None
     patients: frozenset[str] | None = None
     tokens: tuple[TokenFilter, ...] = ()
     dates: tuple[DateFilter, ...] = ()
-    cohorts: Mapping[str, frozenset[str]] | None = None
+    scope: ReadScope | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -292,8 +295,8 @@ def _criteria(q: Select[Any], resource_type: str, query: FhirQuery) -> Select[An
         q = q.where(t.c.id.in_(sorted(query.ids)))
     if query.patients is not None:
         q = q.where(t.c.patient_ref.in_(sorted(query.patients)))
-    if query.cohorts is not None:
-        q = q.where(scope_condition(t.c.dataset, t.c.patient_ref, query.cohorts, prefix="Patient/"))
+    if query.scope is not None:
+        q = q.where(scope_condition(t.c.dataset, t.c.patient_ref, query.scope, prefix="Patient/"))
     for tok in query.tokens:
         alts = []
         for system, code in tok.alternatives:

@@ -148,7 +148,7 @@ def create_app(settings: ServiceSettings, *, verifier: Any = None, http_transpor
         from incisive_lab.node._scope_sql import scope_condition
 
         rows = store.index.fetch(select(st.c.study_uid).where(
-            scope_condition(st.c.dataset, st.c.patient_id, scope.cohorts)))
+            scope_condition(st.c.dataset, st.c.patient_id, scope)))
         return frozenset(r.study_uid for r in rows)
 
     pacs = PacsBackend(settings.pacs_url, scope_studies=scope_studies) if settings.pacs_url else None
@@ -416,7 +416,7 @@ def create_app(settings: ServiceSettings, *, verifier: Any = None, http_transpor
                         {"severity": "error", "code": "structure", "diagnostics": "the body is not JSON"}]},
                         status_code=400, media_type="application/fhir+json")
         roles = {r.value for r in who.roles}
-        cohorts = None
+        scope: ReadScope | None = None
         if path.strip("/") != "metadata" and (request.method == "GET" or path.rstrip("/").endswith("_search")):
             scope = await run_in_threadpool(read_scope, request, who)
             if not scope:
@@ -426,11 +426,10 @@ def create_app(settings: ServiceSettings, *, verifier: Any = None, http_transpor
                 return JSONResponse({"resourceType": "OperationOutcome", "issue": [
                     {"severity": "error", "code": "forbidden", "diagnostics": scope.explain()}]},
                     status_code=403, media_type="application/fhir+json")
-            cohorts = scope.cohorts
         reply = await run_in_threadpool(
             fhir.handle, request.method, path, request.query_params.multi_items(),
             base_url=str(request.base_url).rstrip("/") + "/fhir", body=body, form=form, roles=roles,
-            prefer=request.headers.get("prefer"), cohorts=cohorts)
+            prefer=request.headers.get("prefer"), scope=scope)
         purpose = purpose_of(request)
         if reply.resources:
             events = [Event(kind="access", actor=_actor(who), action="read", resource=f"fhir:{ref}", purpose=purpose,

@@ -124,3 +124,53 @@ def test_revoked_grants_allow_nothing(gov: tuple[Governance, Ledger, Clock]) -> 
     d = g.decide(ALICE, Action.LIST_MEMBERS, "site-a", purpose="ai-development")
     assert not d.allowed and d.reason == "no-grant"
     assert any(e.action == "revoke" for e in events(ledger, "grant"))
+
+
+def _patients(store_engine: Any, dataset: str, patients: list[str]) -> None:
+    from sqlalchemy import insert
+
+    from incisive_lab.node._db import datasets_table, patients_table
+
+    with store_engine.begin() as conn:
+        conn.execute(insert(datasets_table).values(name=dataset, hosting="federated"))
+        conn.execute(insert(patients_table), [{"dataset": dataset, "patient_id": p} for p in patients])
+
+
+def test_read_scopes_follow_grants_withdrawals_and_expiry_at_once_despite_the_cache(
+        gov: tuple[Governance, Ledger, Clock]) -> None:
+    g, _, clock = gov
+    _patients(g._engine, "site-a", ["P1", "P2", "P3", "P4"])
+    assert not g.read_scope(ALICE, "ai-development")
+    assert g.read_scope(ALICE, "ai-development").reason == "no-grant"
+    g.set_terms(TERMS, actor="steward")
+    whole = g.approve(g.submit_request(ALICE, "site-a", purpose="ai-development", project="p").request_id,
+                      steward="steward", members=["P1", "P2", "P3", "P4"], days=10)
+    scope = g.read_scope(ALICE, "ai-development")
+    assert scope.cohorts == {"site-a": frozenset({"P1", "P2", "P3", "P4"})}
+    assert scope.whole == {"site-a": frozenset()}, "a grant of every patient is said as the dataset"
+    assert not g.read_scope(ALICE, "education") and g.read_scope(ALICE, "education").reason == "purpose-not-permitted"
+    # a withdrawal counts on the next call (the cache sees the change)
+    g.withdraw_patient("site-a", "P2", steward="steward")
+    scope = g.read_scope(ALICE, "ai-development")
+    assert scope.cohorts["site-a"] == {"P1", "P3", "P4"} and scope.whole == {"site-a": frozenset({"P2"})}
+    assert not scope.allows("site-a", "P2") and scope.allows("site-a", "P3")
+    # a partial cohort is listed, never widened to the dataset
+    g.revoke(whole.grant_id, steward="steward", reason="test")
+    assert not g.read_scope(ALICE, "ai-development")
+    g.approve(g.submit_request(ALICE, "site-a", purpose="ai-development", project="q").request_id,
+              steward="steward", members=["P1"], days=1)
+    scope = g.read_scope(ALICE, "ai-development")
+    assert scope.cohorts == {"site-a": frozenset({"P1"})} and scope.whole == {}
+    # expiry is honoured though nothing in the database changed
+    clock.now += timedelta(days=1, seconds=1)
+    assert not g.read_scope(ALICE, "ai-development")
+    # train-only terms: never viewable
+    g.approve(g.submit_request(ALICE, "site-a", purpose="ai-development", project="r").request_id,
+              steward="steward", members=["P1"], days=5)
+    assert g.read_scope(ALICE, "ai-development")
+    g.set_terms({**TERMS, "visibility": "train-only"}, actor="steward")
+    scope = g.read_scope(ALICE, "ai-development")
+    assert not scope and scope.reason == "train-only"
+    # the node's staff: everyone consenting, whatever the grants
+    staff = g.read_scope(Requester("sam", frozenset({Role.STEWARD}), LoA.SUBSTANTIAL, None), None, staff=True)
+    assert staff.cohorts == {"site-a": frozenset({"P1", "P3", "P4"})} and staff.staff

@@ -23,9 +23,9 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import ColumnElement, Select, and_, exists, func, select
 
@@ -48,6 +48,9 @@ from incisive_lab.node.index import (
     series_table,
     studies_table,
 )
+
+if TYPE_CHECKING:
+    from incisive_lab.governance.scope import ReadScope
 
 __all__ = ["DEFAULT_LIMIT", "MAX_LIMIT", "MAX_OFFSET", "Match", "Query", "QueryResult",
            "parse_query", "search"]
@@ -352,7 +355,7 @@ def _study_counts() -> list[Any]:
 
 
 def _statement(query: Query, dialect: str, scope: dict[str, str],
-               cohorts: Mapping[str, frozenset[str]] | None = None) -> Select[Any]:
+               read_scope: ReadScope | None = None) -> Select[Any]:
     st, pa, se, it = studies_table, patients_table, series_table, instances_table
     it2 = instances_table.alias("it_series_count")
     pa_join = and_(pa.c.dataset == st.c.dataset, pa.c.patient_id == st.c.patient_id)
@@ -388,8 +391,8 @@ def _statement(query: Query, dialect: str, scope: dict[str, str],
         q = q.where(st.c.study_uid == scope["study"])
     if "series" in scope:
         q = q.where(se.c.series_uid == scope["series"])
-    if cohorts is not None:  # the caller's read scope, before paging
-        q = q.where(scope_condition(st.c.dataset, st.c.patient_id, cohorts))
+    if read_scope is not None:  # the caller's read scope, before paging
+        q = q.where(scope_condition(st.c.dataset, st.c.patient_id, read_scope))
     for m in query.matches:
         q = q.where(_condition(m, dialect))
     return q.order_by(*order).offset(query.offset).limit(query.limit + 1)
@@ -504,7 +507,7 @@ class _Renderer:
 
 def search(index: NodeIndex, headers: HeaderCache, query: Query, *, base_url: str,
            study_uid: str | None = None, series_uid: str | None = None,
-           cohorts: Mapping[str, frozenset[str]] | None = None) -> QueryResult:
+           read_scope: ReadScope | None = None) -> QueryResult:
     """Run ``query`` on the index and render the matches.
 
     Parameters
@@ -517,12 +520,12 @@ def search(index: NodeIndex, headers: HeaderCache, query: Query, *, base_url: st
         The DICOMweb service root as the client sees it (for RetrieveURL).
     study_uid, series_uid
         The path's scope (``/studies/{study}/series``, ``/studies/{s}/series/{se}/instances``).
-    cohorts
-        The caller's read scope (dataset -> patients; see
-        :class:`~incisive_lab.governance.scope.ReadScope`); ``None``: no restriction.
+    read_scope
+        The caller's :class:`~incisive_lab.governance.scope.ReadScope`; ``None``: no
+        restriction.
     """
     scope = {k: v for k, v in (("study", study_uid), ("series", series_uid)) if v}
-    rows = index.fetch(_statement(query, index.dialect_name, scope, cohorts))
+    rows = index.fetch(_statement(query, index.dialect_name, scope, read_scope))
     more = len(rows) > query.limit
     rows = rows[:query.limit]
     study_uids = list(dict.fromkeys(r.study_uid for r in rows))

@@ -122,7 +122,7 @@ class DicomwebService(QidoRoutes):
         parsed = parse_query(query_pairs(query), level, max_limit=self._max_limit)
         result = search(self._index, self._headers, parsed, base_url=base_url,
                         study_uid=study_uid, series_uid=series_uid,
-                        cohorts=scope.cohorts if scope is not None else None)
+                        read_scope=scope)
         headers = []
         if result.more:
             headers.append(("Warning", _WARNING_MORE))
