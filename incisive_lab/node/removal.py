@@ -87,6 +87,7 @@ __all__ = [
     "find_patients",
     "handle_for_pseudonym",
     "pending_removals",
+    "queue_central_removal",
     "record_handles",
     "removal_handle",
     "removal_tag",
@@ -488,8 +489,12 @@ def _now() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def _queue(engine: Engine, pseudonym: str, dataset: str, error: str) -> None:
+def queue_central_removal(engine: Engine, pseudonym: str, dataset: str, reason: str) -> None:
+    """Queue the central removal of ``pseudonym`` (or count one more attempt); :func:`retry_pending`
+    sends it. For a withdrawal recorded while the central node cannot be asked at all (no token
+    for it came with the request)."""
     t = central_removals_pending_table
+    error = reason
     with engine.connect().execution_options(write=True) as conn, conn.begin():
         row = conn.execute(select(t.c.attempts).where(t.c.pseudonym == pseudonym)).first()
         if row is None:
@@ -548,7 +553,7 @@ def remove_centrally(engine: Engine, vault: Vault, secret: Secret, pseudonym: st
     try:
         answer = request_central_removal(central_url, token, handle, timeout=timeout, http=http)
     except CentralRemovalError as exc:
-        _queue(engine, pseudonym, dataset, str(exc))
+        queue_central_removal(engine, pseudonym, dataset, str(exc))
         return {"status": "pending", "error": str(exc)}
     _dequeue(engine, pseudonym)
     return {"status": "done", "removed": answer["removed"]}

@@ -26,6 +26,7 @@ from incisive_lab.node.removal import (
     find_patients,
     handle_for_pseudonym,
     pending_removals,
+    queue_central_removal,
     remove_centrally,
     request_central_removal,
     retry_pending,
@@ -191,12 +192,17 @@ def test_the_provider_side_request_queue_and_retry(central: Central, tmp_path: P
         assert retry_pending(provider.engine, vault, secret, central_url=central.url, token=token, timeout=30) == {
             "done": [pseudonyms[3]], "pending": [], "no-handle": []}
         assert pending_removals(provider.engine) == []
+        # queued without trying (no token for the central node came with the withdrawal), sent later
+        queue_central_removal(provider.engine, pseudonyms[5], "site-a", "no token for the central node")
+        assert [q["last_error"] for q in pending_removals(provider.engine)] == ["no token for the central node"]
+        assert retry_pending(provider.engine, vault, secret, central_url=central.url, token=token, timeout=30)[
+            "done"] == [pseudonyms[5]]
         # a pseudonym the vault does not know has no handle: nothing sent, nothing queued
         assert remove_centrally(provider.engine, vault, secret, "PSN-NOBODY", dataset="site-a",
                                 central_url=central.url, token=token)["status"] == "no-handle"
         assert pending_removals(provider.engine) == []
     with NodeStore.open(central.root) as store:
-        for p in pseudonyms[1:4]:
+        for p in (*pseudonyms[1:4], pseudonyms[5]):
             assert find_patients(store, central.handles[p]) == []
 
 
