@@ -299,8 +299,8 @@ def remove_patient(store: NodeStore, dataset: str, patient_id: str) -> Removed:
         try:
             held.enter_context(node_lock(store.dir / store.PRIVATE))
         except IncisiveLabError:
-            raise RemovalError(f"{store.dir}: an ingest is running on this node; retry the removal of "
-                               f"patient {patient_id} when it is done") from None
+            raise RemovalError(f"{store.dir}: an ingest (or another removal) is running on this node; retry "
+                               f"the removal of patient {patient_id} when it is done") from None
         removed = _delete_rows(store, dataset, patient_id)
         # always (a no-op when the counts are those written): a removal interrupted after
         # its commit left a record with the old counts, which this run corrects
