@@ -18,6 +18,7 @@ import pytest
 
 from incisive_lab.cli import main as cli_main
 from incisive_lab.deid import Secret, Vault
+from incisive_lab.governance.store import Governance
 from incisive_lab.ledger import Ledger
 from incisive_lab.node.removal import (
     CentralRemovalError,
@@ -81,6 +82,13 @@ def central(pair: Pair, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ce
         pseudonyms = sorted({s.patient_id for s in store.index.studies()})
     with Vault(pair.vault, secret) as vault:
         handles = {p: handle_for_pseudonym(vault, secret, p) or "" for p in pseudonyms}
+    # the first one consents (its images are readable before the removal); the synthetic set has a
+    # patient with a draft Consent, whom nobody may read, and which pseudonym that is depends on the key
+    with NodeStore.open(root) as store:
+        withdrawn = Governance(store.engine, None).withdrawn()
+        consenting = [p for p in pseudonyms if find_patients(store, handles[p])[0][1] not in withdrawn]
+    assert consenting
+    handles = {p: handles[p] for p in [consenting[0], *(p for p in pseudonyms if p != consenting[0])]}
     with start_idp(base / "idp", audience=CENTRAL_AUD, extra_audiences=[PROVIDER_AUD]) as idp, \
             serve_central(ServiceSettings(node_dir=root, issuer=idp.issuer, audience=CENTRAL_AUD)) as url:
         yield Central(url, idp, root, pair, handles, {})
