@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json as _json
 import re
 import time
 from collections.abc import Mapping, Sequence
@@ -126,15 +127,18 @@ class Broker:
 
     def __init__(self, config: BrokerConfig, *, transport: httpx.AsyncBaseTransport | None = None) -> None:
         self.config = config
-        n = len(config.nodes)
-        self._http = httpx.AsyncClient(
-            transport=transport, follow_redirects=False, trust_env=False,
-            limits=httpx.Limits(max_connections=max(100, 16 * n), max_keepalive_connections=max(20, 8 * n)))
+        # one client (one connection pool) per node: httpcore's pool scans all of its
+        # connections for every request, so a shared pool costs O(nodes^2) per fan-out
+        tls = httpx.create_ssl_context()  # loading the CA bundle once, not once per node
+        self._http = {n.name: httpx.AsyncClient(
+            transport=transport, follow_redirects=False, trust_env=False, verify=tls,
+            limits=httpx.Limits(max_connections=64, max_keepalive_connections=16)) for n in config.nodes}
         self._cache = _Catalogues()
 
     async def aclose(self) -> None:
         """Close the connections."""
-        await self._http.aclose()
+        for client in self._http.values():
+            await client.aclose()
 
     # ------------------------------------------------------------------ fan-out
 
@@ -151,11 +155,15 @@ class Broker:
         def took() -> float:
             return (time.perf_counter() - start) * 1000
 
+        content = None
+        if json is not None:
+            content = json if isinstance(json, bytes) else _json.dumps(json).encode()
+            headers["Content-Type"] = "application/json"
         try:
-            resp = await asyncio.wait_for(
-                self._http.request(method, node.url + path, headers=headers, json=json, params=params,
-                                   timeout=httpx.Timeout(node.timeout)),
-                node.timeout)
+            async with asyncio.timeout(node.timeout):  # the whole exchange, whatever httpx's phases take
+                resp = await self._http[node.name].request(
+                    method, node.url + path, headers=headers, content=content, params=params,
+                    timeout=httpx.Timeout(node.timeout))
         except (TimeoutError, httpx.TimeoutException):
             return NodeResult(node.name, "timeout", took(), message=f"no answer within {node.timeout:g} s")
         except httpx.HTTPError as exc:
@@ -337,7 +345,7 @@ class Broker:
                 b["datasets"] = names
             if broker_floor is not None:
                 b["broker_floor"] = broker_floor
-            bodies[name] = b
+            bodies[name] = _json.dumps(b).encode()
         nodes = [self.config.node(n) for n in targets]
 
         async def one(node: NodeConfig) -> tuple[NodeResult, NodeResult | None]:
