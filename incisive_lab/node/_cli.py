@@ -26,6 +26,9 @@ def register(sub: Any) -> None:
                    help="federated: stays in this node, pseudonymised (reversible by the provider); "
                    "central: anonymised (irreversible) for the central node")
     p.add_argument("--secret-file", metavar="KEY", help="the provider's secret (federated hosting)")
+    p.add_argument("--removal-key", metavar="KEY", help="central hosting: the provider's secret file, used only "
+                   "to compute each patient's removal handle (docs/central-removal.md); without it, centrally "
+                   "hosted patients cannot be removed when they withdraw")
     p.add_argument("--jobs", type=int, default=1, metavar="N", help="processes (default: %(default)s)")
     p.add_argument("--title", help="dataset title for the catalogue record")
     p.add_argument("--description", help="dataset description for the catalogue record")
@@ -64,6 +67,9 @@ def register(sub: Any) -> None:
     s.add_argument("--organisation", metavar="ORG", help="the provider's organisation (the tokens' "
                    "schac_home_organization): only its stewards act as this node's stewards; without it, "
                    "any steward of the issuer does (a single-organisation issuer only)")
+    s.add_argument("--central-url", metavar="URL", help="the central node's base URL: a withdrawal recorded "
+                   "here also asks it to remove the patient's centrally hosted data (needs --secret-file; "
+                   "docs/central-removal.md)")
     s.set_defaults(func=_serve)
 
 
@@ -73,7 +79,7 @@ def _run(args: argparse.Namespace) -> int:
     summary = ingest(
         args.node_dir, dataset=args.dataset, dicom=args.dicom, clinical=args.clinical, hosting=args.hosting,
         secret_file=args.secret_file, jobs=args.jobs, title=args.title, description=args.description,
-        country=args.country, db_url=args.db_url,
+        country=args.country, db_url=args.db_url, removal_key=args.removal_key,
     )
     print(json.dumps(summary.as_json(), indent=1) if args.json else summary.text())
     return summary.exit_code
@@ -91,7 +97,7 @@ def _serve(args: argparse.Namespace) -> int:
         node_dir=Path(args.node_dir) if args.node_dir else None, issuer=args.issuer, audience=args.audience,
         min_loa=args.min_loa, jwks_url=args.jwks_url, db_url=args.db_url, pacs_url=args.pacs_url, host=args.host,
         port=args.port, secret_file=Path(args.secret_file) if args.secret_file else None,
-        organisation=args.organisation,
+        organisation=args.organisation, central_url=args.central_url,
     )
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info", access_log=False)

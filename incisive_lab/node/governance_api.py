@@ -86,6 +86,17 @@ def require_staff(who: Principal, organisation: str | None, *roles: Role) -> Non
                                                 f"this node's ({organisation})")
 
 
+def _central_token(request: Request) -> str | None:
+    """The token for the central node: ``X-Central-Authorization`` when the steward's client
+    sends one (a token for the central node's audience), else the caller's own token (nodes
+    of one federation that share an audience)."""
+    for name in ("x-central-authorization", "authorization"):
+        value = request.headers.get(name, "")
+        if value[:7].lower() == "bearer " and value[7:].strip():
+            return value[7:].strip()
+    return None
+
+
 def purpose_term(header: str | None) -> str | None:
     """The purpose term of an ``X-Purpose`` header (``ai-development; project=lung`` → ``ai-development``)."""
     if not header:
@@ -112,14 +123,16 @@ async def _json_body(request: Request) -> dict[str, Any]:
 
 def add_governance_routes(app: FastAPI, governance: Governance, *, principal: Callable[[Request], Principal],
                           ledger: Any, patient_studies: Callable[[str], list[str]], store: Any,
-                          organisation: str | None = None) -> None:
+                          organisation: str | None = None,
+                          central_removal: Callable[[str, str, str | None], dict[str, Any]] | None = None) -> None:
     """Add the routes of the module doc to ``app``.
 
     ``principal`` verifies the caller (raising the service's AccessError); ``ledger`` is the
     node's ledger (for the steward's patient report); ``patient_studies`` gives a patient's
     study UIDs (to find accesses of their images); ``store`` is the node store (cohort counts);
     ``organisation`` the provider's, whose stewards alone act as this node's (``None``: any
-    steward; see :func:`is_staff`).
+    steward; see :func:`is_staff`); ``central_removal(dataset, patient, token)``, when the
+    provider also hosts data centrally, asks the central node to remove a withdrawn patient.
     """
 
     async def caller(request: Request) -> Principal:
@@ -254,7 +267,11 @@ def add_governance_routes(app: FastAPI, governance: Governance, *, principal: Ca
                                                                                  steward=who.subject))
         except GovernanceError as exc:
             return _error(exc)
-        return JSONResponse({"dataset": dataset, "patient": patient, "grants_shrunk": shrunk})
+        answer: dict[str, Any] = {"dataset": dataset, "patient": patient, "grants_shrunk": shrunk}
+        if central_removal is not None:  # the local withdrawal stands whatever the central node says
+            answer["central"] = await run_in_threadpool(central_removal, dataset, patient,
+                                                        _central_token(request))
+        return JSONResponse(answer)
 
     @app.get("/governance/patients/{patient}/report")
     async def patient_report(request: Request, patient: str) -> JSONResponse:

@@ -50,6 +50,7 @@ class ServiceSettings:
     pacs_url: str | None = None  #: serve images from this PACS's DICOMweb instead of the node's file store
     secret_file: Path | None = None  #: the provider's secret: STOW-RS screens uploads with it and the vault
     organisation: str | None = None  #: the provider's organisation: only its stewards act as this node's stewards
+    central_url: str | None = None  #: the central node: a withdrawal here asks it to remove the patient there
     host: str = "127.0.0.1"
     port: int = 8081
     roles_claims: tuple[str, ...] = ("roles", "groups")
@@ -64,6 +65,11 @@ class ServiceSettings:
             )
         if not self.audience:
             raise IncisiveLabError("--audience must name this node's resource identifier")
+        if self.central_url is not None and self.secret_file is None:
+            raise IncisiveLabError("--central-url needs --secret-file: the removal handle is computed from the vault")
+        if self.central_url is not None and not self.central_url.startswith(
+                ("https://", "http://127.0.0.1", "http://localhost")):
+            raise IncisiveLabError(f"--central-url {self.central_url!r}: must be https (plain http only on loopback)")
         if not (self.node_dir / "objects").is_dir():
             raise IncisiveLabError(f"--node-dir {self.node_dir}: not a node (no objects/; run incisive-lab ingest first)")
 
@@ -71,7 +77,8 @@ class ServiceSettings:
     def from_env(cls, **overrides: Any) -> ServiceSettings:
         """Settings from ``INCISIVE_NODE_DIR``, ``INCISIVE_ISSUER``, ``INCISIVE_AUDIENCE``,
         ``INCISIVE_MIN_LOA``, ``INCISIVE_DB_URL``, ``INCISIVE_JWKS_URL``, ``INCISIVE_PACS_URL``,
-        ``INCISIVE_SECRET_FILE``, ``INCISIVE_ORGANISATION``; keyword overrides win."""
+        ``INCISIVE_SECRET_FILE``, ``INCISIVE_ORGANISATION``, ``INCISIVE_CENTRAL_URL``; keyword
+        overrides win."""
         env = os.environ
         values: dict[str, Any] = {
             "node_dir": Path(env["INCISIVE_NODE_DIR"]) if "INCISIVE_NODE_DIR" in env else None,
@@ -83,6 +90,7 @@ class ServiceSettings:
             "pacs_url": env.get("INCISIVE_PACS_URL"),
             "secret_file": Path(env["INCISIVE_SECRET_FILE"]) if env.get("INCISIVE_SECRET_FILE") else None,
             "organisation": env.get("INCISIVE_ORGANISATION") or None,
+            "central_url": env.get("INCISIVE_CENTRAL_URL") or None,
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         missing = [k for k in ("node_dir", "issuer", "audience") if not values.get(k)]
@@ -453,14 +461,33 @@ def create_app(settings: ServiceSettings, *, verifier: Any = None, http_transpor
         if patient:
             for dataset in sorted({s.dataset for s in store.index.studies(patient_id=patient)}):
                 governance.withdraw_patient(dataset, patient, steward=who.subject)
+                if settings.central_url:  # no token for the central node here: queued for `central retry`
+                    central_removal(dataset, patient, None)
 
     # --- governance: terms, requests, grants, withdrawals ------------------------------------
+    from incisive_lab.node.central_api import add_central_routes
     from incisive_lab.node.governance_api import add_governance_routes
+
+    def central_removal(dataset: str, patient: str, token: str | None) -> dict[str, Any]:
+        """The provider's half of a withdrawal: ask the central node to remove the patient (or queue it)."""
+        from incisive_lab.deid.vault import Vault
+        from incisive_lab.node.removal import queue_central_removal, remove_centrally
+
+        assert settings.central_url is not None and secret is not None
+        if token is None:
+            queue_central_removal(store.engine, patient, dataset, "no token for the central node came with the "
+                                                                  "withdrawal")
+            return {"status": "pending", "error": "no token for the central node; run `incisive-lab central retry`"}
+        with Vault(vault_path, secret) as vault:
+            return remove_centrally(store.engine, vault, secret, patient, dataset=dataset,
+                                    central_url=settings.central_url, token=token, timeout=10.0)
 
     app.state.governance = governance
     add_governance_routes(app, governance, principal=_principal, ledger=ledger,
                           patient_studies=lambda p: [s.study_uid for s in store.index.studies(patient_id=p)],
-                          store=store, organisation=settings.organisation)
+                          store=store, organisation=settings.organisation,
+                          central_removal=central_removal if settings.central_url else None)
+    add_central_routes(app, store, ledger, _principal, governance=governance)
 
     # --- the node's ledger ------------------------------------------------------------------
     @app.get("/ledger/checkpoint")

@@ -34,8 +34,8 @@ from incisive_lab.node.removal import (
 )
 from incisive_lab.node.service import ServiceSettings
 from incisive_lab.node.store import NodeStore
-from tests._support.central import serve_central
 from tests._support.idp import Idp, start_idp
+from tests._support.node_server import serve_node
 from tests._support.orthanc import free_port
 from tests.node_central.conftest import CENTRAL_DATASET, Pair
 
@@ -90,7 +90,7 @@ def central(pair: Pair, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ce
     assert consenting
     handles = {p: handles[p] for p in [consenting[0], *(p for p in pseudonyms if p != consenting[0])]}
     with start_idp(base / "idp", audience=CENTRAL_AUD, extra_audiences=[PROVIDER_AUD]) as idp, \
-            serve_central(ServiceSettings(node_dir=root, issuer=idp.issuer, audience=CENTRAL_AUD)) as url:
+            serve_node(ServiceSettings(node_dir=root, issuer=idp.issuer, audience=CENTRAL_AUD)) as url:
         yield Central(url, idp, root, pair, handles, {})
 
 
@@ -265,3 +265,47 @@ def test_the_steward_command_removes_by_original_patient_id(central: Central, tm
     assert "HTTP 403" in capsys.readouterr().err
     with NodeStore.open(central.root) as store:
         assert find_patients(store, central.handles[pseudonym]) == []
+
+
+def test_a_withdrawal_at_the_provider_removes_the_patient_from_the_central_node_in_the_same_request(
+        central: Central, tmp_path: Path) -> None:
+    """One steward request at the provider's node: the withdrawal there, and the removal at the
+    central node (the steward's client sends a token for the central node's audience)."""
+    import shutil
+
+    provider = tmp_path / "provider"
+    shutil.copytree(central.pair.provider, provider, symlinks=True)
+    center = central.pair.copy_central(tmp_path / "central")  # its own copy: other tests removed patients
+    with NodeStore.open(center) as store:
+        withdrawn = Governance(store.engine, None).withdrawn()
+        candidates = [(p, h) for p, h in central.handles.items()
+                      if find_patients(store, h) and find_patients(store, h)[0][1] not in withdrawn]
+    with NodeStore.open(provider) as store:
+        dataset = store.index.datasets()[0].name
+        provider_withdrawn = Governance(store.engine, None).withdrawn()
+    pseudonym, handle = next((p, h) for p, h in candidates if p not in provider_withdrawn)
+    other = next(p for p, _h in candidates if p not in provider_withdrawn and p != pseudonym)
+    with serve_node(ServiceSettings(node_dir=center, issuer=central.idp.issuer, audience=CENTRAL_AUD)) as center_url, \
+            serve_node(ServiceSettings(node_dir=provider, issuer=central.idp.issuer, audience=PROVIDER_AUD,
+                                       secret_file=central.pair.key, central_url=center_url)) as url:
+        here = Central(center_url, central.idp, center, central.pair, central.handles, central.tokens)
+        anon = here.anon(handle)
+        assert _qido(here, anon)
+        headers = {"X-Central-Authorization": f"Bearer {central.token('steward', CENTRAL_AUD)}",
+                   "Authorization": f"Bearer {central.token('steward', PROVIDER_AUD)}"}
+        r = httpx.post(url + "/governance/withdrawals", json={"dataset": dataset, "patient": pseudonym},
+                       headers=headers, timeout=60)
+        assert r.status_code == 200, r.text
+        answer = r.json()
+        assert answer["central"]["status"] == "done" and answer["central"]["removed"]["patients"] == 1
+        # gone at the central node by the time the answer came back
+        assert _qido(here, anon) == []
+        with NodeStore.open(center) as store:
+            assert find_patients(store, handle) == []
+        # without a token for the central audience the central node refuses it: queued, never lost
+        r = httpx.post(url + "/governance/withdrawals", json={"dataset": dataset, "patient": other},
+                       headers={"Authorization": headers["Authorization"]}, timeout=60)
+        assert r.status_code == 200 and r.json()["central"]["status"] == "pending"
+        with NodeStore.open(provider) as store:
+            assert [q["pseudonym"] for q in pending_removals(store.engine)] == [other]
+            assert other in Governance(store.engine, None).withdrawn(dataset), "the local withdrawal stands"
