@@ -47,6 +47,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import aiohttp
 import httpx
 
 from incisive_lab.cohort.disclosure import MAX_ROUNDING, MIN_FLOOR
@@ -99,7 +100,7 @@ def _short(text: str) -> str:
 
 
 def _describe(exc: BaseException) -> str:
-    if isinstance(exc, httpx.ConnectError):
+    if isinstance(exc, httpx.ConnectError | aiohttp.ClientConnectorError | ConnectionError):
         return f"cannot connect: {exc or 'connection refused'}"
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
@@ -127,18 +128,46 @@ class Broker:
 
     def __init__(self, config: BrokerConfig, *, transport: httpx.AsyncBaseTransport | None = None) -> None:
         self.config = config
-        # one client (one connection pool) per node: httpcore's pool scans all of its
-        # connections for every request, so a shared pool costs O(nodes^2) per fan-out
-        tls = httpx.create_ssl_context()  # loading the CA bundle once, not once per node
-        self._http = {n.name: httpx.AsyncClient(
-            transport=transport, follow_redirects=False, trust_env=False, verify=tls,
-            limits=httpx.Limits(max_connections=64, max_keepalive_connections=16)) for n in config.nodes}
+        self._tls = httpx.create_ssl_context()  # loading the CA bundle once, not once per node
+        # The network goes through aiohttp: a request costs about 0.2 ms of the broker's CPU
+        # against about 0.9 ms through httpx's async stack, and a fan-out pays it per node.
+        # One session (one connection pool) per node, made in the running loop on first use.
+        # ``transport`` (tests: an httpx.MockTransport) sends through httpx instead.
+        self._transport = transport
+        self._http: dict[str, httpx.AsyncClient] = {}
+        if transport is not None:
+            self._http = {n.name: httpx.AsyncClient(transport=transport, follow_redirects=False, trust_env=False)
+                          for n in config.nodes}
+        self._sessions: dict[str, aiohttp.ClientSession] = {}
         self._cache = _Catalogues()
 
     async def aclose(self) -> None:
         """Close the connections."""
         for client in self._http.values():
             await client.aclose()
+        for session in self._sessions.values():
+            await session.close()
+        self._sessions.clear()
+
+    def _session(self, node: NodeConfig) -> aiohttp.ClientSession:
+        session = self._sessions.get(node.name)
+        if session is None or session.closed:
+            session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=64, ssl=self._tls), trust_env=False,
+                timeout=aiohttp.ClientTimeout(total=node.timeout))
+            self._sessions[node.name] = session
+        return session
+
+    async def _send(self, node: NodeConfig, method: str, url: str, headers: dict[str, str],
+                    content: bytes | None, params: Mapping[str, str] | None) -> tuple[int, bytes]:
+        if self._transport is not None:
+            resp = await self._http[node.name].request(method, url, headers=headers, content=content,
+                                                       params=params, timeout=httpx.Timeout(node.timeout))
+            return resp.status_code, resp.content
+        async with self._session(node).request(method, url, headers=headers, data=content,
+                                               params=dict(params) if params else None,
+                                               allow_redirects=False) as answer:
+            return answer.status, await answer.read()
 
     # ------------------------------------------------------------------ fan-out
 
@@ -160,26 +189,24 @@ class Broker:
             content = json if isinstance(json, bytes) else _json.dumps(json).encode()
             headers["Content-Type"] = "application/json"
         try:
-            async with asyncio.timeout(node.timeout):  # the whole exchange, whatever httpx's phases take
-                resp = await self._http[node.name].request(
-                    method, node.url + path, headers=headers, content=content, params=params,
-                    timeout=httpx.Timeout(node.timeout))
+            async with asyncio.timeout(node.timeout):  # the whole exchange, whatever the client's phases take
+                status, raw = await self._send(node, method, node.url + path, headers, content, params)
         except (TimeoutError, httpx.TimeoutException):
             return NodeResult(node.name, "timeout", took(), message=f"no answer within {node.timeout:g} s")
-        except httpx.HTTPError as exc:
+        except (httpx.HTTPError, aiohttp.ClientError, OSError) as exc:
             return NodeResult(node.name, "error", took(), message=_short(_describe(exc)))
         try:
-            body = resp.json()
+            body = _json.loads(raw)
         except ValueError:
-            return NodeResult(node.name, "error", took(), http_status=resp.status_code,
-                              message=f"HTTP {resp.status_code}: the answer is not JSON")
-        if resp.status_code >= 400:
+            return NodeResult(node.name, "error", took(), http_status=status,
+                              message=f"HTTP {status}: the answer is not JSON")
+        if status >= 400:
             err = body.get("error") if isinstance(body, Mapping) else None
             msg = body.get("message") if isinstance(body, Mapping) else None
-            return NodeResult(node.name, "error", took(), http_status=resp.status_code, body=body,
+            return NodeResult(node.name, "error", took(), http_status=status, body=body,
                               error=str(err) if err is not None else None,
-                              message=_short(str(msg or err or f"HTTP {resp.status_code}")))
-        return NodeResult(node.name, "ok", took(), http_status=resp.status_code, body=body)
+                              message=_short(str(msg or err or f"HTTP {status}")))
+        return NodeResult(node.name, "ok", took(), http_status=status, body=body)
 
     async def fan_out(self, method: str, path: str, *, authorization: str | None, purpose: str | None,
                       nodes: Sequence[NodeConfig] | None = None, json: Any = None,
