@@ -233,6 +233,16 @@ class TokenVerifier:
     >>> principal = verifier.verify_header(request.headers.get("authorization"))  # doctest: +SKIP
     """
 
+    @classmethod
+    def for_service(cls, issuer: str, audience: str, *, jwks_url: str | None = None,
+                    min_loa: LoA | str | None = "substantial", roles_claims: Sequence[str] = ("roles", "groups"),
+                    http: Any = None) -> TokenVerifier:
+        """The verifier a service (node, broker) builds from its settings: the JWKS at
+        ``jwks_url``, else found through the issuer's discovery document; ``http`` is an
+        httpx transport for the JWKS fetches (tests)."""
+        jwks = JwksCache(jwks_url, http=http) if jwks_url else JwksCache.for_issuer(issuer, http=http)
+        return cls(issuer, audience, jwks=jwks, min_loa=min_loa, roles_claims=roles_claims)
+
     def __init__(
         self,
         issuer: str,

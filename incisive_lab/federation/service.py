@@ -57,7 +57,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from incisive_lab.access import AccessError, JwksCache, Principal, TokenVerifier
+from incisive_lab.access import AccessError, Principal, TokenVerifier
 from incisive_lab.errors import IncisiveLabError
 from incisive_lab.federation.broker import Broker, BrokerError, NodeResult
 from incisive_lab.federation.catalogue import CatalogueError, merge, parse_search, search
@@ -135,10 +135,9 @@ def create_app(settings: BrokerSettings, *, verifier: Any = None,
     from incisive_lab.ledger import Event, Ledger, Outcome
 
     if verifier is None:
-        jwks = (JwksCache(settings.jwks_url, http=jwks_transport) if settings.jwks_url
-                else JwksCache.for_issuer(settings.issuer, http=jwks_transport))
-        verifier = TokenVerifier(settings.issuer, settings.audience, jwks=jwks, min_loa=settings.min_loa,
-                                 roles_claims=settings.roles_claims)
+        verifier = TokenVerifier.for_service(settings.issuer, settings.audience, jwks_url=settings.jwks_url,
+                                             min_loa=settings.min_loa, roles_claims=settings.roles_claims,
+                                             http=jwks_transport)
     settings.ledger_location.mkdir(parents=True, exist_ok=True)
     ledger = Ledger.open(settings.ledger_location)
     broker = Broker(settings.config, transport=transport)

@@ -27,7 +27,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from incisive_lab.access import AccessError, JwksCache, Principal, Role, TokenVerifier
+from incisive_lab.access import AccessError, Principal, Role, TokenVerifier
 from incisive_lab.errors import IncisiveLabError
 
 __all__ = ["ServiceSettings", "create_app"]
@@ -139,10 +139,9 @@ def create_app(settings: ServiceSettings, *, verifier: Any = None, http_transpor
     from incisive_lab.node.store import NodeStore
 
     if verifier is None:
-        jwks = (JwksCache(settings.jwks_url, http=http_transport) if settings.jwks_url
-                else JwksCache.for_issuer(settings.issuer, http=http_transport))
-        verifier = TokenVerifier(settings.issuer, settings.audience, jwks=jwks, min_loa=settings.min_loa,
-                                 roles_claims=settings.roles_claims)
+        verifier = TokenVerifier.for_service(settings.issuer, settings.audience, jwks_url=settings.jwks_url,
+                                             min_loa=settings.min_loa, roles_claims=settings.roles_claims,
+                                             http=http_transport)
 
     store = NodeStore.open(settings.node_dir, settings.db_url)
     ledger = Ledger.open(settings.node_dir)

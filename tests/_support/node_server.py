@@ -18,7 +18,7 @@ import httpx
 from incisive_lab.node.service import ServiceSettings, create_app
 from tests._support.orthanc import free_port
 
-__all__ = ["OPEN_TERMS", "grant_access", "serve_node"]
+__all__ = ["OPEN_TERMS", "grant_access", "serve_app", "serve_node"]
 
 #: Sharing terms that let researchers and annotators of any organisation view, for tests
 #: whose subject is not governance itself.
@@ -29,32 +29,38 @@ OPEN_TERMS: dict[str, Any] = {
 
 
 @contextlib.contextmanager
-def serve_node(settings: ServiceSettings) -> Iterator[str]:
-    """Serve ``settings`` (its port replaced by a free one) until the block ends; yields the base URL."""
+def serve_app(app: Any, port: int, what: str) -> Iterator[str]:
+    """Serve an ASGI ``app`` with uvicorn in a thread on loopback ``port`` until the block
+    ends, once its ``/healthz`` answers; yields the base URL."""
     import uvicorn
 
-    port = free_port()
-    settings = dataclasses.replace(settings, port=port)
-    app = create_app(settings)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
+    while True:
         try:
-            if httpx.get(url + "/healthz").status_code == 200:
+            if httpx.get(url + "/healthz", timeout=2).status_code == 200:
                 break
         except httpx.TransportError:
-            time.sleep(0.05)
-    else:
-        server.should_exit = True
-        raise RuntimeError(f"the node service did not start on {url}")
+            if time.monotonic() > deadline or not thread.is_alive():
+                server.should_exit = True
+                raise RuntimeError(f"{what} did not start on {url}") from None
+            time.sleep(0.05)  # polling the readiness check
     try:
         yield url
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+@contextlib.contextmanager
+def serve_node(settings: ServiceSettings) -> Iterator[str]:
+    """Serve ``settings`` (its port replaced by a free one) until the block ends; yields the base URL."""
+    port = free_port()
+    with serve_app(create_app(dataclasses.replace(settings, port=port)), port, "the node service") as url:
+        yield url
 
 
 def grant_access(url: str, token: Callable[[str], str], *, users: Sequence[str] = ("researcher",),

@@ -16,13 +16,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
-import httpx
-
+from tests._support.node_server import serve_app
 from tests._support.orthanc import free_port
 
 __all__ = ["BlackholeNode", "SlowNode", "dead_url", "serve_broker"]
@@ -172,28 +170,8 @@ def dead_url() -> str:
 @contextlib.contextmanager
 def serve_broker(settings: Any) -> Iterator[str]:
     """Serve a broker (``BrokerSettings``; its port replaced by a free one); yields the base URL."""
-    import uvicorn
-
     from incisive_lab.federation.service import create_app
 
     port = free_port()
-    app = create_app(settings)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            if httpx.get(url + "/healthz", timeout=2).status_code == 200:
-                break
-        except httpx.TransportError:
-            if time.monotonic() > deadline or not thread.is_alive():
-                server.should_exit = True
-                raise RuntimeError(f"the broker did not start on {url}") from None
-            time.sleep(0.05)  # polling a readiness check, as tests/_support/node_server.py does
-    try:
+    with serve_app(create_app(settings), port, "the broker") as url:
         yield url
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pydicom
 import pytest
@@ -470,3 +471,24 @@ def test_a_read_scope_limits_pacs_searches_like_the_file_store(store: NodeStore,
         empty = PacsBackend(orthanc.dicomweb_url, scope_studies=lambda _s: frozenset())
         assert items(empty.search_studies([], scope=scope)) == []
         empty.close()
+
+
+def test_a_connection_the_pacs_dropped_is_retried_once_then_reported() -> None:
+    """Orthanc may close a kept-alive connection just as it is reused: one retry, then a 502."""
+    calls = []
+
+    def dropping(times: int) -> httpx.MockTransport:
+        def handler(request: httpx.Request) -> httpx.Response:
+            calls.append(request.url.path)
+            if len(calls) <= times:
+                raise httpx.RemoteProtocolError("Server disconnected without sending a response.", request=request)
+            return httpx.Response(200, json=[], headers={"content-type": "application/dicom+json"})
+        return httpx.MockTransport(handler)
+
+    with PacsBackend("http://pacs.test/dicom-web", transport=dropping(1)) as pacs:
+        assert items(pacs.search_studies([])) == [] and len(calls) == 2
+    calls.clear()
+    with PacsBackend("http://pacs.test/dicom-web", transport=dropping(2)) as pacs:
+        with pytest.raises(DicomwebError) as err:
+            pacs.search_studies([])
+        assert err.value.status == 502 and "cannot be reached" in err.value.message and len(calls) == 2

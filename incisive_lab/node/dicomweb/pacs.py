@@ -182,7 +182,13 @@ class PacsBackend(QidoRoutes):
         headers = {**self._headers, "Accept": accept, "Accept-Encoding": "identity"}
         request = self._http.build_request("GET", url, headers=headers)
         try:
-            response = self._http.send(request, stream=stream, auth=self._auth)
+            try:
+                response = self._http.send(request, stream=stream, auth=self._auth)
+            except httpx.RemoteProtocolError:
+                # a kept-alive connection the PACS closed as we reused it (seen with Orthanc
+                # under load): the GET is idempotent, so it is sent once more on a new one
+                response = self._http.send(self._http.build_request("GET", url, headers=headers),
+                                           stream=stream, auth=self._auth)
         except httpx.TimeoutException:
             raise DicomwebError(502, f"the PACS at {self._base} did not answer in time") from None
         except httpx.TransportError as exc:
