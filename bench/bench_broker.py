@@ -77,33 +77,10 @@ def _free_port() -> int:
     return free_port()
 
 
-def _wait_http(url: str, proc: subprocess.Popen, log: Path, what: str) -> None:  # type: ignore[type-arg]
-    import httpx
+def _process(cmd: list[str], url: str, log: Path, what: str) -> Any:
+    from tests._support.node_server import serve_process
 
-    deadline = time.monotonic() + 60
-    while True:
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise SystemExit(f"{what} did not start:\n{log.read_text()[-3000:]}")
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(url + "/healthz", timeout=2).status_code == 200:
-                return
-        time.sleep(0.1)  # polling the readiness check
-
-
-@contextlib.contextmanager
-def _process(cmd: list[str], url: str, log: Path, what: str) -> Iterator[str]:
-    with log.open("wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    try:
-        _wait_http(url, proc, log, what)
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+    return serve_process(cmd, url, log, what)
 
 
 def _node(node_dir: Path, issuer: str, log: Path) -> Any:

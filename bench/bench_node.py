@@ -370,36 +370,15 @@ def _orthanc_count(root: Path) -> int:
         server.stop()
 
 
-@contextlib.contextmanager
-def _node_service(node: Path, issuer: str, log: Path) -> Iterator[str]:
+def _node_service(node: Path, issuer: str, log: Path) -> Any:
     """``incisive-lab node serve`` in its own process; yields its base URL."""
-    import httpx
-
+    from tests._support.node_server import serve_process
     from tests._support.orthanc import free_port
 
     port = free_port()
     cmd = [sys.executable, "-m", "incisive_lab.cli", "node", "serve", "--node-dir", str(node),
            "--issuer", issuer, "--audience", AUDIENCE, "--port", str(port)]
-    with log.open("wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"the node service did not start:\n{log.read_text()[-3000:]}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(url + "/healthz", timeout=2).status_code == 200:
-                    break
-            time.sleep(0.1)
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+    return serve_process(cmd, f"http://127.0.0.1:{port}", log, "the node service")
 
 
 # ============================================================================ measuring

@@ -11,6 +11,7 @@ import dataclasses
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -18,7 +19,7 @@ import httpx
 from incisive_lab.node.service import ServiceSettings, create_app
 from tests._support.orthanc import free_port
 
-__all__ = ["OPEN_TERMS", "grant_access", "serve_app", "serve_node"]
+__all__ = ["OPEN_TERMS", "grant_access", "serve_app", "serve_node", "serve_process"]
 
 #: Sharing terms that let researchers and annotators of any organisation view, for tests
 #: whose subject is not governance itself.
@@ -53,6 +54,33 @@ def serve_app(app: Any, port: int, what: str) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+@contextlib.contextmanager
+def serve_process(cmd: Sequence[str], url: str, log: Path, what: str, *, timeout: float = 60) -> Iterator[str]:
+    """Run ``cmd`` (a server in its own process, output to ``log``) until the block ends,
+    once ``url``'s ``/healthz`` answers; yields ``url`` (benchmarks measure real processes)."""
+    import subprocess
+
+    with log.open("wb") as out:
+        proc = subprocess.Popen(list(cmd), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{what} did not start:\n{log.read_text()[-3000:]}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(url + "/healthz", timeout=2).status_code == 200:
+                    break
+            time.sleep(0.1)  # polling the readiness check
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
 
 
 @contextlib.contextmanager
