@@ -74,7 +74,12 @@ class LeakScanner:
     a digit comes right before it: inside a longer number it is not that date or ID (a
     random ``2.25.<39 digits>`` UID holds a given 8-digit run once in about 3 million
     draws, which a scan of thousands of files would otherwise report as a leak). A digit
-    *after* it still matches, so ``20190314093015`` (a DateTime) is found.
+    *after* it still matches, so ``20190314093015`` (a DateTime) is found. Likewise a token
+    made of letters, or of letters and digits (a given name, an MRN such as ``E25804``), is
+    not reported inside a longer run of letters and digits, with a letter or digit right
+    before *and* after it: "Rosa" in "Microsatellite" is not Rosa, nor is ``E25804`` in the
+    hex digest ``…3e258041f…`` that names a stored object or in a random base32 pseudonym;
+    "ROSA^", "Rosa,", "RosaGiordani" and "MRN:E25804" are.
 
     Examples
     --------
@@ -103,10 +108,10 @@ class LeakScanner:
         # also in its UTF-8 byte form, so both single-byte and UTF-8 encodings are caught
         self._auto = ahocorasick.Automaton()
         for low, original in self._tokens.items():
-            self._auto.add_word(low, (original, len(low), low.isdigit()))
+            self._auto.add_word(low, (original, len(low), low.isdigit(), _one_run(low)))
             mojibake = low.encode("utf-8").decode("latin-1").lower()
             if mojibake != low:
-                self._auto.add_word(mojibake, (original, len(mojibake), False))
+                self._auto.add_word(mojibake, (original, len(mojibake), False, _one_run(mojibake)))
         self._auto.make_automaton()
 
     @property
@@ -117,10 +122,13 @@ class LeakScanner:
     def _hits(self, text: str) -> list[tuple[int, str]]:
         low = text.lower()
         out = []
-        for end, (original, length, digits) in self._auto.iter(low):
+        for end, (original, length, digits, run) in self._auto.iter(low):
             start = end - length + 1
             if digits and start > 0 and "0" <= low[start - 1] <= "9":
                 continue  # inside a longer number (see the class notes)
+            if run and start > 0 and end + 1 < len(low) and low[start - 1].isalnum() \
+                    and low[end + 1].isalnum():
+                continue  # inside a longer word or code (see the class notes)
             out.append((end, original))
         return out
 
@@ -191,6 +199,11 @@ class LeakScanner:
             if len(needle) >= 4 and needle in normalised:
                 out.append(Finding(file, "pixels (OCR)", original, f"OCR read: {text.strip()[:80]!r}"))
         return out
+
+
+def _one_run(token: str) -> bool:
+    """Letters, or letters and digits, with nothing else (all digits is a number: see above)."""
+    return token.isalnum() and not token.isdigit()
 
 
 def _squash(text: str) -> str:

@@ -20,3 +20,23 @@ def test_delimited_and_datetime_renderings_are_still_found() -> None:
     # raw bytes: a value after its binary length field, or after a superscript digit byte
     assert s.scan_bytes("f", b"DA\x08\x0020190301")
     assert s.scan_bytes("f", b"\xb220190301")
+
+
+def test_a_single_name_inside_a_longer_word_is_not_a_leak_but_at_any_word_edge_it_is() -> None:
+    # found by the demo: the given name "Rosa" inside the LOINC display "Microsatellite"
+    s = LeakScanner(["Rosa", "Giordani^Rosa"])
+    assert s.scan_text("f", "Microsatellite instability", "text") == []
+    for text in ("ROSA", "x Rosa y", "Giordani^Rosa", "rosa,", "RosaGiordani", "GiordaniRosa", "(Rosa)"):
+        assert [f.token for f in s.scan_text("f", text, "text")][-1:] in (["Rosa"], ["Giordani^Rosa"]), text
+    assert [f.token for f in s.scan_bytes("f", b"\x00ROSA\x00")] == ["Rosa"]
+
+
+def test_an_id_inside_a_random_code_is_not_a_leak_but_standing_alone_it_is() -> None:
+    # found by CI: the MRN "E25804" inside the sha256 hex name of a stored object (the
+    # object's name is a hash of its de-identified bytes, which hold random UIDs)
+    s = LeakScanner(["E25804", "Rosa"])
+    digest = "9c0e258041f3" + "ab" * 26
+    assert s.scan_text("f", digest, "path") == []
+    assert s.scan_text("f", "PSN-7ROSA2KQ", "(0010,0020) PatientID") == []
+    for text in ("E25804", "MRN:E25804", "e25804.dcm", "id E25804\\x", "AE25804", "E25804B"):
+        assert [f.token for f in s.scan_text("f", text, "v")] == ["E25804"], text
