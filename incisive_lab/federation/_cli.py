@@ -40,6 +40,14 @@ def register(sub: Any) -> None:
     s.add_argument("--min-loa", choices=("low", "substantial", "high"), default="substantial",
                    help="lowest eIDAS level of assurance accepted (default: %(default)s)")
     s.add_argument("--jwks-url", metavar="URL", help="the issuer's JWKS (default: from its discovery document)")
+    fl = s.add_argument_group("federated training (POST /fl/runs; see docs/fl.md)")
+    fl.add_argument("--superlink", metavar="HOST:PORT",
+                    help="the Flower SuperLink's Control API: training runs are submitted there (needs --state-dir)")
+    fl.add_argument("--superlink-root-cert", metavar="PEM",
+                    help="CA certificate of the SuperLink (TLS); without it the connection is insecure (loopback only)")
+    fl.add_argument("--fl-in-process", metavar="NODES.json",
+                    help="run training in this process instead, with the ClientApp of each node of the file "
+                    "({name: node config}): development only")
     s.set_defaults(func=_serve)
 
 
@@ -60,6 +68,36 @@ def _serve(args: argparse.Namespace) -> int:
         ledger_dir=Path(args.ledger_dir) if args.ledger_dir else None,
         min_loa=args.min_loa, jwks_url=args.jwks_url, host=args.host, port=args.port)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="warning",
-                access_log=False)
+    uvicorn.run(create_app(settings, training=_training(args)), host=settings.host, port=settings.port,
+                log_level="warning", access_log=False)
     return 0
+
+
+def _training(args: argparse.Namespace) -> Any:
+    """``ledger -> Coordinator`` when training is configured, else ``None``."""
+    import json
+    from pathlib import Path
+
+    from incisive_lab.errors import IncisiveLabError
+
+    if not (args.superlink or args.fl_in_process):
+        return None
+    if args.superlink and args.fl_in_process:
+        raise IncisiveLabError("--superlink and --fl-in-process exclude each other")
+    if not args.state_dir:
+        raise IncisiveLabError("federated training needs --state-dir (runs are kept in DIR/fl/runs/)")
+    from incisive_lab.fl.coordinator import Coordinator, FlowerLauncher, InProcessLauncher
+
+    launcher: Any
+    if args.superlink:
+        from incisive_lab.fl.app_dir import build_app_dir
+
+        app_dir = build_app_dir(Path(args.state_dir) / "fl" / "app")
+        launcher = FlowerLauncher(app_dir, args.superlink,
+                                  tls_root=Path(args.superlink_root_cert) if args.superlink_root_cert else None)
+    else:
+        nodes = json.loads(Path(args.fl_in_process).read_text())
+        if not isinstance(nodes, dict) or not all(isinstance(v, dict) for v in nodes.values()):
+            raise IncisiveLabError(f"--fl-in-process {args.fl_in_process}: must map node names to node configs")
+        launcher = InProcessLauncher(nodes)
+    return lambda ledger: Coordinator(Path(args.state_dir) / "fl", launcher, ledger=ledger)

@@ -117,7 +117,7 @@ def _statuses(results: list[NodeResult]) -> list[str]:
 
 
 def create_app(settings: BrokerSettings, *, verifier: Any = None,
-               transport: Any = None, jwks_transport: Any = None) -> FastAPI:
+               transport: Any = None, jwks_transport: Any = None, training: Any = None) -> FastAPI:
     """The ASGI application of a broker.
 
     Parameters
@@ -131,6 +131,9 @@ def create_app(settings: BrokerSettings, *, verifier: Any = None,
         An httpx *async* transport to the nodes (tests); default: the network.
     jwks_transport
         An httpx transport for the JWKS fetches (tests); default: the network.
+    training
+        A function ``ledger -> Coordinator`` for federated training runs (``/fl/runs``,
+        see :mod:`incisive_lab.fl.routes`); default: none (the endpoints are absent).
     """
     from incisive_lab.ledger import Event, Ledger, Outcome
 
@@ -168,6 +171,8 @@ def create_app(settings: BrokerSettings, *, verifier: Any = None,
             return "query", "count"
         if path.startswith("/catalogue"):
             return "query", "catalogue"
+        if path.startswith("/fl/"):
+            return "fl-run", "submit"
         return "access", "read"
 
     @app.exception_handler(AccessError)
@@ -349,4 +354,8 @@ def create_app(settings: BrokerSettings, *, verifier: Any = None,
                              "status": res.http_status}))
         return JSONResponse({**res.body, "node": node.name}, status_code=res.http_status)
 
+    if training is not None:
+        from incisive_lab.fl.routes import add_routes
+
+        add_routes(app, training(ledger), caller, purpose_of)
     return app

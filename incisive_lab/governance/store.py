@@ -178,25 +178,34 @@ class Governance:
         assert best is not None
         return best
 
-    def read_scope(self, requester: Requester, purpose: str | None, *, staff: bool = False) -> ReadScope:
+    def read_scope(self, requester: Requester, purpose: str | None, *, staff: bool = False,
+                   action: Action | str = Action.VIEW) -> ReadScope:
         """What ``requester`` may read here for ``purpose`` (see :mod:`.scope`).
 
         ``staff``: the node's own steward (the caller decides who that is); they read every
         consenting patient of every dataset. Everyone else reads the cohorts of their active
-        grants for ``purpose`` whose ``view`` the policy allows now, without withdrawn patients.
+        grants for ``purpose`` whose ``action`` the policy allows now, without withdrawn patients.
+
+        ``action``: ``view`` (the default: images and clinical data shown to the caller, so
+        ``train-only`` datasets are never in scope) or ``train`` (data a node's own training
+        code reads for the caller's federated run: ``train-only`` datasets are in scope too).
+        Any other action is refused (``ValueError``).
 
         Every read asks, so scopes are cached: an entry is used only while nothing it was
         computed from changed (one small fingerprint query over terms, grants, their members,
         withdrawals, Consents and patients — so a withdrawal counts on the very next
         request), before its earliest grant or terms expiry, and for at most a minute.
         """
-        key = (requester, purpose, staff)
+        act = Action(action)
+        if act not in (Action.VIEW, Action.TRAIN):
+            raise ValueError(f"action {act.value!r}: a read scope is for 'view' or 'train'")
+        key = (requester, purpose, staff, act)
         now = self._clock()
         fingerprint = self._fingerprint()
         cached = self._scopes.get(key)
         if cached is not None and cached[0] == fingerprint and now < cached[1]:
             return cached[2]
-        scope, valid_until = self._compute_scope(requester, purpose, staff=staff, now=now)
+        scope, valid_until = self._compute_scope(requester, purpose, staff=staff, now=now, action=act)
         if len(self._scopes) >= 1024:
             self._scopes.clear()
         self._scopes[key] = (fingerprint, min(valid_until, now + timedelta(seconds=60)), scope)
@@ -228,7 +237,7 @@ class Governance:
         return out
 
     def _compute_scope(self, requester: Requester, purpose: str | None, *, staff: bool,
-                       now: datetime) -> tuple[ReadScope, datetime]:
+                       now: datetime, action: Action = Action.VIEW) -> tuple[ReadScope, datetime]:
         far = now + timedelta(days=1)
         everyone = self._dataset_patients_all()
         if staff:
@@ -244,7 +253,7 @@ class Governance:
             if grant.dataset not in terms_of:
                 terms_of[grant.dataset] = self.terms(grant.dataset)
             terms = terms_of[grant.dataset]
-            d = decide(requester, Action.VIEW, terms, purpose=purpose, now=now, grant=grant)
+            d = decide(requester, action, terms, purpose=purpose, now=now, grant=grant)
             if not d.allowed:
                 denied.setdefault(grant.dataset, d.reason)
                 continue
