@@ -8,9 +8,10 @@ PYTHON  ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
-DEBS    := tesseract-ocr tesseract-ocr-eng postgresql orthanc orthanc-dicomweb
+DEBS    := tesseract-ocr tesseract-ocr-eng postgresql orthanc orthanc-dicomweb bubblewrap chromium
 PYTEST_ARGS ?=
 IDP_STAMP := hub/idp/node_modules/.installed
+PROXY_STAMP := hub/proxy/node_modules/.installed
 
 .PHONY: all install system-deps test lint demo bench clean
 
@@ -22,7 +23,7 @@ $(BIN)/python:
 	$(BIN)/python -m pip install -q --upgrade pip
 
 $(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install -q -e '.[test,dev,bench]'
+	$(BIN)/python -m pip install -q -e '.[test,dev,bench,workbench,fl]'
 	touch $@
 
 system-deps:
@@ -37,10 +38,15 @@ $(IDP_STAMP): hub/idp/package.json hub/idp/package-lock.json
 	npm ci --prefix hub/idp --no-audit --no-fund
 	touch $@
 
-install: $(STAMP) system-deps $(IDP_STAMP)
+# JupyterHub's proxy (npm configurable-http-proxy), pinned in hub/proxy/package-lock.json.
+$(PROXY_STAMP): hub/proxy/package.json hub/proxy/package-lock.json | $(IDP_STAMP)
+	npm ci --prefix hub/proxy --no-audit --no-fund
+	touch $@
+
+install: $(STAMP) system-deps $(IDP_STAMP) $(PROXY_STAMP)
 
 lint: install
-	$(BIN)/ruff check incisive_lab tests bench
+	$(BIN)/ruff check incisive_lab hub kernels extensions tests bench
 	$(BIN)/mypy
 
 # pytest exit code 5 means "no tests collected": that is a broken suite, not a pass.

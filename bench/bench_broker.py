@@ -47,6 +47,8 @@ HERE = Path(__file__).resolve().parent
 if str(HERE.parent) not in sys.path:
     sys.path.insert(0, str(HERE.parent))
 
+from bench._stats import percentile  # noqa: E402  (the repository root is on the path now)
+
 RESULTS = HERE / "results"
 AUDIENCE = "https://federation-bench.incisive-lab.example/"
 TERMS = {"hosting": "federated", "visibility": "visible", "organisations": ["*"],
@@ -60,15 +62,6 @@ LIGHT_ANSWER = json.dumps({"format": "incisive-cohort-answer/1", "query_id": 1, 
                            "criteria": QUERY["criteria"],
                            "datasets": [{"dataset": "light", "count": "<10", "suppressed": True,
                                          "floor": 10, "rounding": 1}]}).encode()
-
-
-def _pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    k = (len(ordered) - 1) * q
-    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
 
 
 def _free_port() -> int:
@@ -282,7 +275,7 @@ def main(argv: list[str]) -> int:
             if not answer["partial"]:
                 raise SystemExit("dead nodes: the answer is not marked partial")
 
-    stats = {label: {"p50_ms": _pct(v, 0.5) * 1000, "p95_ms": _pct(v, 0.95) * 1000, "n": len(v)}
+    stats = {label: {"p50_ms": percentile(v, 0.5) * 1000, "p95_ms": percentile(v, 0.95) * 1000, "n": len(v)}
              for label, v in {**times, "dead nodes": dead}.items()}
     stats["dead nodes"]["max_ms"] = max(dead) * 1000
     r50 = stats["20 nodes"]["p50_ms"] / stats["3 nodes"]["p50_ms"]

@@ -65,6 +65,8 @@ HERE = Path(__file__).resolve().parent
 if str(HERE.parent) not in sys.path:
     sys.path.insert(0, str(HERE.parent))
 
+from bench._stats import percentile  # noqa: E402  (the repository root is on the path now)
+
 RESULTS = HERE / "results"
 GENERATOR_VERSION = 1
 AUDIENCE = "https://node-bench.incisive-lab.example/"
@@ -394,15 +396,6 @@ class Op:
     check: Callable[[Any, Any], None] | None = None
 
 
-def _pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    pos = (len(ordered) - 1) * q
-    lo, hi = int(pos), min(int(pos) + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
-
-
 class Timer:
     """Times requests of one client to one server (ms per request, the body fully read)."""
 
@@ -603,7 +596,7 @@ def main(argv: list[str]) -> int:
                 concurrent[key] = {}
                 for name, base in (("node", node_url + "/dicomweb"), ("orthanc", orthanc.dicomweb_url)):
                     times, rate = _concurrent(base, headers, paths, accept, args.clients)
-                    concurrent[key][name] = {"p50_ms": _pct(times, 0.5), "p95_ms": _pct(times, 0.95),
+                    concurrent[key][name] = {"p50_ms": percentile(times, 0.5), "p95_ms": percentile(times, 0.95),
                                              "requests_per_s": rate}
         orthanc.stop()
         # Orthanc's lighter metadata mode, for information: the attributes of its database only.
@@ -626,8 +619,8 @@ def main(argv: list[str]) -> int:
     for op in ops:
         a, b = results[op.key]["node"], results[op.key]["orthanc"]
         row = {"operation": op.key, "label": op.label, "samples": len(a),
-               "node_p50_ms": _pct(a, 0.5), "node_p95_ms": _pct(a, 0.95),
-               "orthanc_p50_ms": _pct(b, 0.5), "orthanc_p95_ms": _pct(b, 0.95)}
+               "node_p50_ms": percentile(a, 0.5), "node_p95_ms": percentile(a, 0.95),
+               "orthanc_p50_ms": percentile(b, 0.5), "orthanc_p95_ms": percentile(b, 0.95)}
         row["ratio_p50"] = row["node_p50_ms"] / row["orthanc_p50_ms"]
         row["ratio_p95"] = row["node_p95_ms"] / row["orthanc_p95_ms"]
         row["holds"] = row["ratio_p50"] <= 1.0 and row["ratio_p95"] <= 1.0
@@ -637,7 +630,7 @@ def main(argv: list[str]) -> int:
               f"{row['orthanc_p95_ms']:>8.2f} {row['ratio_p50']:>6.2f} {row['ratio_p95']:>6.2f}")
     light_ms = info["metadata_main_tags"]["orthanc"]
     print(f"{'  for information: Orthanc SeriesMetadata=MainDicomTags':<56} {'':>9} {'':>8} "
-          f"{_pct(light_ms, 0.5):>12.2f} {_pct(light_ms, 0.95):>8.2f}")
+          f"{percentile(light_ms, 0.5):>12.2f} {percentile(light_ms, 0.95):>8.2f}")
     print("(ms per request; ratio = node / Orthanc, below 1 is faster)")
     if concurrent:
         print()
@@ -659,7 +652,7 @@ def main(argv: list[str]) -> int:
         "instances": args.count, "studies": len(studies), "series": n_series, "seed": args.seed,
         "generator": GENERATOR_VERSION, "image": f"{SIZE}x{SIZE} uint16", "build_seconds": build,
         "sequential": rows, "concurrent_clients": args.clients, "concurrent": concurrent,
-        "orthanc_main_dicom_tags_metadata": {"p50_ms": _pct(light_ms, 0.5), "p95_ms": _pct(light_ms, 0.95)},
+        "orthanc_main_dicom_tags_metadata": {"p50_ms": percentile(light_ms, 0.5), "p95_ms": percentile(light_ms, 0.95)},
         "orthanc_config": {**ORTHANC_CONFIG, "DicomWeb": ORTHANC_DICOMWEB},
         "orthanc_version": _orthanc_version(), "targets_hold": ok,
         "cpu_count": os.cpu_count(), "python": sys.version.split()[0], "machine": platform.machine(),

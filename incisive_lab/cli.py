@@ -27,6 +27,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "incisive_lab.node._cli",
     "incisive_lab.node._central_cli",
     "incisive_lab.federation._cli",
+    "incisive_lab.fl._cli",
     "incisive_lab._demo",
 )
 

@@ -12,7 +12,7 @@ from incisive_lab.node.store import NodeStore
 
 def test_demo_ingests_each_site_into_its_node_and_finds_no_leaks(tmp_path: Path) -> None:
     demo = tmp_path / "demo"
-    cmd = [sys.executable, "-m", "incisive_lab.cli", "demo", "--dir", str(demo), "--patients", "6", "--seed", "3"]
+    cmd = [sys.executable, "-m", "incisive_lab.cli", "demo", "--data-only", "--dir", str(demo), "--patients", "6", "--seed", "3"]
     first = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stdout + first.stderr
     assert "leaks found in what the nodes hold: 0" in first.stdout

@@ -30,6 +30,9 @@ const LOA_URIS = {
 const LOOPBACK = new Set(['127.0.0.1', '::1', 'localhost']);
 const USER_KEYS = new Set(['username', 'sub', 'name', 'email', 'roles', 'groups', 'loa', 'password', 'organisation']);
 const CLIENT_KEYS = new Set(['client_id', 'client_secret', 'redirect_uris', 'scope']);
+// A confidential client's refresh tokens live a working day (the hub refreshes the user's
+// access token with them); the grant behind them must live as long.
+const REFRESH_TOKEN_TTL = 8 * 3600;
 const RESOURCE_KEYS = new Set(['audience', 'scopes', 'access_token_ttl']);
 const CONFIG_KEYS = new Set(['resources', 'default_audience', 'clients', 'users']);
 
@@ -109,6 +112,8 @@ function loadConfig(path) {
       if (typeof c.client_secret !== 'string' || c.client_secret.length < 16) fail(`${where}.client_secret must be at least 16 characters`);
       meta.client_secret = c.client_secret;
       meta.token_endpoint_auth_method = 'client_secret_basic';
+      // A confidential client (the hub) keeps the user's session going with refresh tokens.
+      meta.grant_types = ['authorization_code', 'refresh_token'];
     }
     return meta;
   });
@@ -227,7 +232,15 @@ function providerConfiguration(cfg, jwks) {
       groups: ['groups', 'roles'],
     },
     scopes: ['openid', 'profile', 'email', 'groups'],
+    // The ID token carries the claims of the granted scopes (name, groups...): with resource
+    // indicators the access token is for the nodes, not for the userinfo endpoint, so a hub
+    // reads who the user is from the ID token.
+    conformIdTokenClaims: false,
     pkce: { required: () => true },
+    // Refresh tokens for every client allowed the refresh_token grant (the confidential
+    // ones), without asking for offline_access, bound to the grant, not to the browser session.
+    issueRefreshToken: async (ctx, client) => client.grantTypeAllowed('refresh_token'),
+    expiresWithSession: async (ctx, token) => !ctx.oidc.client?.grantTypeAllowed('refresh_token'),
     clientBasedCORS: () => false,
     features: {
       devInteractions: { enabled: false },
@@ -299,7 +312,8 @@ function providerConfiguration(cfg, jwks) {
       AccessToken: (ctx, token) => token.resourceServer?.accessTokenTTL ?? 600,
       Session: 3600,
       Interaction: 600,
-      Grant: 3600,
+      Grant: REFRESH_TOKEN_TTL,
+      RefreshToken: REFRESH_TOKEN_TTL,
       AuthorizationCode: 60,
       IdToken: 600,
     },
@@ -322,12 +336,23 @@ ${error ? `<p role="alert">${escapeHtml(error)}</p>` : ''}
 <p><a href="/interaction/${escapeHtml(uid)}/abort">Cancel</a></p></body></html>`;
 }
 
-function sendHtml(res, status, html) {
+// `formTargets`: origins the login form's POST may end up at through redirects (the
+// client's redirect URI): browsers apply form-action to every redirect after the POST.
+function sendHtml(res, status, html, formTargets = []) {
   res.statusCode = status;
   res.setHeader('Content-Type', 'text/html; charset=utf-8');
   res.setHeader('Cache-Control', 'no-store');
-  res.setHeader('Content-Security-Policy', "default-src 'none'; form-action 'self'");
+  const targets = ["'self'", ...formTargets].join(' ');
+  res.setHeader('Content-Security-Policy', `default-src 'none'; form-action ${targets}`);
   res.end(html);
+}
+
+// The origin of the authorization request's redirect URI (already checked by the provider
+// against the client's registered ones), for the login page's form-action.
+function redirectOrigins(details) {
+  const uri = details?.params?.redirect_uri;
+  const parsed = typeof uri === 'string' ? URL.parse(uri) : null;
+  return parsed && (parsed.protocol === 'http:' || parsed.protocol === 'https:') ? [parsed.origin] : [];
 }
 
 // The interaction routes: a minimal login (by name in --dev-login mode, else by password).
@@ -349,7 +374,7 @@ async function interaction(provider, cfg, devLogin, req, res, url) {
   }
   if (action !== '/login') {
     if (req.method !== 'GET') return sendHtml(res, 405, 'method not allowed');
-    return sendHtml(res, 200, loginPage(uid, details, cfg, devLogin));
+    return sendHtml(res, 200, loginPage(uid, details, cfg, devLogin), redirectOrigins(details));
   }
   if (req.method !== 'POST') return sendHtml(res, 405, 'method not allowed');
   const form = await readForm(req);
@@ -360,7 +385,10 @@ async function interaction(provider, cfg, devLogin, req, res, url) {
     const want = Buffer.from(account.password || '');
     ok = Boolean(account.password) && given.length === want.length && crypto.timingSafeEqual(given, want);
   }
-  if (!ok) return sendHtml(res, 401, loginPage(uid, details, cfg, devLogin, 'unknown user or wrong password'));
+  if (!ok) {
+    return sendHtml(res, 401, loginPage(uid, details, cfg, devLogin, 'unknown user or wrong password'),
+      redirectOrigins(details));
+  }
   return provider.interactionFinished(req, res, {
     login: { accountId: account.sub, acr: account.acr, amr: [devLogin ? 'dev' : 'pwd'], remember: false },
   }, { mergeWithLastSubmission: false });

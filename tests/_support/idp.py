@@ -96,24 +96,11 @@ class LoginError(RuntimeError):
 
 
 def write_jwks(path: str | os.PathLike[str]) -> str:
-    """Generate an RS256 private JWKS file for ``--jwks`` and return its ``kid``.
+    """Generate an RS256 private JWKS file for ``--jwks`` and return its ``kid`` (the
+    demo's generator: :func:`incisive_lab._demo_stack.write_jwks`)."""
+    from incisive_lab._demo_stack import write_jwks as generate
 
-    The key is generated now (never committed); the ``kid`` is its RFC 7638 thumbprint
-    as the server would compute it.
-    """
-    from cryptography.hazmat.primitives.asymmetric import rsa
-    from jwt.algorithms import RSAAlgorithm
-
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    jwk = json.loads(RSAAlgorithm.to_jwk(key))
-    canonical = json.dumps({"e": jwk["e"], "kty": "RSA", "n": jwk["n"]}, separators=(",", ":"))
-    kid = base64.urlsafe_b64encode(hashlib.sha256(canonical.encode()).digest()).rstrip(b"=")
-    jwk.pop("key_ops", None)  # PyJWT writes ["sign"]; the public half must verify
-    jwk.update(kid=kid.decode(), alg="RS256", use="sig")
-    target = Path(path)
-    target.write_text(json.dumps({"keys": [jwk]}))
-    target.chmod(0o600)
-    return str(jwk["kid"])
+    return generate(path)
 
 
 def _b64url(data: bytes) -> str:

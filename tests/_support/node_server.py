@@ -60,27 +60,14 @@ def serve_app(app: Any, port: int, what: str) -> Iterator[str]:
 def serve_process(cmd: Sequence[str], url: str, log: Path, what: str, *, timeout: float = 60) -> Iterator[str]:
     """Run ``cmd`` (a server in its own process, output to ``log``) until the block ends,
     once ``url``'s ``/healthz`` answers; yields ``url`` (benchmarks measure real processes)."""
-    import subprocess
+    from incisive_lab._processes import ServiceProcess
 
-    with log.open("wb") as out:
-        proc = subprocess.Popen(list(cmd), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    log.unlink(missing_ok=True)
+    service = ServiceProcess(what, cmd, url + "/healthz", log, timeout=timeout).start()
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"{what} did not start:\n{log.read_text()[-3000:]}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(url + "/healthz", timeout=2).status_code == 200:
-                    break
-            time.sleep(0.1)  # polling the readiness check
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+        service.stop()
 
 
 @contextlib.contextmanager
