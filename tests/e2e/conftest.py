@@ -1,8 +1,9 @@
 """The workbench end to end: `incisive-lab demo --detach` on a small federation, then a
 real browser (Playwright + Debian chromium) and scripted users against it.
 
-One demo runs for the whole session (identity provider, three nodes, broker, JupyterHub
-with sandboxed servers); ``incisive-lab demo stop`` ends it. Everything is real: the
+One demo runs for these tests (identity provider, three nodes, broker, SuperLink and
+SuperNodes, JupyterHub with sandboxed servers; package-scoped fixtures, so that it does not
+idle through the rest of the suite); ``incisive-lab demo stop`` ends it. Everything is real: the
 tests log in through the provider's form, the hub verifies the ID token, the spawner runs
 bubblewrap, kernels run in their own sandbox, the gateway forwards with the user's token.
 """
@@ -24,12 +25,12 @@ from tests._support.browser import chromium
 from tests._support.hub_session import HubSession
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("e2e") / "demo"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def workbench(demo_dir: Path) -> Iterator[dict[str, Any]]:
     """The running demo's state (``demo.json``): URLs, users and passwords, logs.
 
@@ -67,7 +68,7 @@ def browser() -> Iterator[Any]:
         yield b
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def researcher(workbench: dict[str, Any]) -> Iterator[HubSession]:
     """The demo researcher, logged in, with a running server."""
     with HubSession(workbench["hub_url"], "researcher", password(workbench, "researcher")) as s:

@@ -233,7 +233,7 @@ def build_federation(root: Path, *, patients: int, seed: int, sites: tuple[str, 
         for site in sites:
             ingest(root / f"node-{site}", dataset=dataset_of(site), dicom=raw / site / "dicom",
                    clinical=raw / site / "clinical.xlsx", hosting="federated", secret_file=key,
-                   country="GR", progress=False, actor=steward_of(site))
+                   country="GR", progress=False, actor=steward_of(site), jobs=2)
             _set_governance(root / f"node-{site}", site, vis[site])
         tmp = marker.with_suffix(".tmp")
         tmp.write_text(json.dumps(params, indent=1, sort_keys=True))
