@@ -94,3 +94,30 @@ def test_a_csp_that_lets_the_page_reach_other_hosts_is_refused(policy: str | Non
     headers = {} if policy is None else {"Content-Security-Policy": policy}
     problems = check_csp(headers)
     assert any(named in p for p in problems), problems
+
+
+def test_the_read_only_config_folder_stops_jupyter_cores_migration(monkeypatch: pytest.MonkeyPatch,
+                                                                    tmp_path: Path) -> None:
+    """The sandbox binds extensions/jupyter-config read-only: without jupyter_core's
+    ``migrated`` marker there, a server whose IPython folder exists tries to write the marker
+    and exits (EROFS) — the first sandboxed spawn on a clean checkout did."""
+    from jupyter_core import migrate
+    from jupyter_core.application import JupyterApp
+
+    config = Path(__file__).resolve().parents[2] / "extensions" / "jupyter-config"
+    assert (config / "migrated").is_file()
+    (tmp_path / "ipython").mkdir()
+    monkeypatch.setenv("IPYTHONDIR", str(tmp_path / "ipython"))
+    monkeypatch.setenv("JUPYTER_CONFIG_DIR", str(config))
+
+    def refuse() -> None:
+        pytest.fail("jupyter_core would migrate, writing into the read-only config folder")
+
+    monkeypatch.setattr(migrate, "migrate", refuse)
+    JupyterApp().migrate_config()
+    # and without the marker it would: the check above is live
+    bare = tmp_path / "bare-config"
+    bare.mkdir()
+    monkeypatch.setenv("JUPYTER_CONFIG_DIR", str(bare))
+    with pytest.raises(pytest.fail.Exception, match="would migrate"):
+        JupyterApp().migrate_config()
