@@ -74,7 +74,11 @@ def main(argv: list[str]) -> int:
         issuer = LoopbackIssuer()
         key = TestKey.rsa("bench")
         issuer.publish(key)
-        token = key.sign(claims(issuer.issuer, sub="researcher", aud=audience, roles=["researcher"], groups=None))
+        # the run outlasts a default 5-minute test token; through the broker the owner's
+        # fresher tokens are passed on to the run (Coordinator.pass_on_token), here there is
+        # no broker, so the token lives long enough for the whole run
+        token = key.sign(claims(issuer.issuer, sub="researcher", aud=audience, roles=["researcher"], groups=None,
+                                exp=int(time.time()) + 4 * 3600))
         for site, node_dir in fed.nodes.items():
             TaskApprovals(node_dir).approve(code, steward=f"steward@hospital-{site}.example")
         link = SuperLink(root / "superlink").start()

@@ -174,6 +174,8 @@ class RunRecord:
     status: str = "submitted"
     error: str | None = None
     finished_recorded: bool = False
+    #: Expiry (epoch seconds) of the token in the run's ``token`` file (``None``: unknown).
+    token_expires: int | None = None
 
 
 @dataclass(frozen=True)
@@ -321,8 +323,12 @@ class Coordinator:
 
     # ------------------------------------------------------------------ runs
 
-    def submit(self, subject: str, username: str | None, token: str, purpose: str, body: Any) -> RunView:
-        """Accept a run request (or refuse it, ledgered) and start it."""
+    def submit(self, subject: str, username: str | None, token: str, purpose: str, body: Any, *,
+               token_expires: int | None = None) -> RunView:
+        """Accept a run request (or refuse it, ledgered) and start it.
+
+        ``token`` (the caller's verified access token, expiring at ``token_expires``) goes to
+        the nodes with every message; :meth:`pass_on_token` replaces it with a later one."""
         actor = f"user:{subject}"
         try:
             if purpose not in TRAINING_PURPOSES:
@@ -340,7 +346,8 @@ class Coordinator:
         spec_doc = {k: v for k, v in asdict(spec).items() if k != "task_code"}
         spec_doc["datasets"] = list(spec.datasets)
         record = RunRecord(run_id=run_id, owner=subject, username=username, purpose=purpose, created=time.time(),
-                           task=code.name, task_version=code.version, task_sha256=code.sha256, spec=spec_doc)
+                           task=code.name, task_version=code.version, task_sha256=code.sha256, spec=spec_doc,
+                           token_expires=token_expires)
         self._save(record)
         self._record(actor, "submit", f"fl-run:{run_id}", purpose, run_id=run_id, task_sha256=code.sha256,
                      rounds=spec.rounds, privacy=_privacy(spec))
@@ -453,6 +460,42 @@ class Coordinator:
         return RunView(run_id=record.run_id, status=record.status, task=record.task, task_sha256=record.task_sha256,
                        spec=record.spec, created=record.created, metrics=metrics,
                        result=_read_json(run_dir / "result.json"), error=record.error)
+
+    def pass_on_token(self, subject: str, token: str, expires_at: int) -> int:
+        """Give the user's running runs a token that expires later than the one they hold.
+
+        A run sends its owner's access token to the nodes with every message, and access
+        tokens are short-lived (minutes); the ServerApp reads the run's ``token`` file again
+        for every round. The routes call this with the verified token of every request the
+        owner makes about their runs — the Workbench asks while it waits for a run, through
+        the gateway, which refreshes the user's token — so a run lasts as long as its owner's
+        session does. A run whose owner is gone keeps its last token and fails, refused by
+        the nodes, once that expires: nothing else stands in for the user.
+
+        Returns
+        -------
+        int
+            How many runs got the token.
+        """
+        passed = 0
+        with self._lock:
+            for path in self.root.glob("*/run.json"):
+                doc = _read_json(path)
+                if doc is None or doc.get("owner") != subject or doc.get("status") not in ("running", "stopping"):
+                    continue
+                record = RunRecord(**doc)
+                token_file = path.parent / "token"
+                if record.token_expires is not None and expires_at <= record.token_expires:
+                    continue
+                if not token_file.exists():
+                    continue  # the run is ending: its token is gone, and stays gone
+                from incisive_lab.fl._files import write_atomic
+
+                write_atomic(token_file, token.encode(), private=True)
+                record.token_expires = expires_at
+                self._save(record)
+                passed += 1
+        return passed
 
     def get(self, subject: str, run_id: str) -> RunView:
         """The run, refreshed from the engine and its folder."""

@@ -11,7 +11,8 @@ when a :class:`~incisive_lab.fl.coordinator.Coordinator` is configured).
 
 A run belongs to whoever submitted it; anyone else gets 404, as for a run that does not
 exist. The token of the submission goes to the nodes with the run: each node verifies it
-and applies the user's grants itself.
+and applies the user's grants itself. Every later request of the owner about their runs
+passes its (fresher) token on to their running runs (:meth:`Coordinator.pass_on_token`).
 """
 
 from __future__ import annotations
@@ -46,20 +47,28 @@ def add_routes(app: FastAPI, coordinator: Coordinator, caller: Callable[[Request
             return _error(400, "invalid", "the body is not JSON")
         purpose = purpose_of(request).split(";")[0].strip()
         try:
-            view = await run_in_threadpool(coordinator.submit, who.subject, who.username, token, purpose, body)
+            view = await run_in_threadpool(coordinator.submit, who.subject, who.username, token, purpose, body,
+                                           token_expires=who.expires_at)
         except RunError as exc:
             return _error(400, "invalid", str(exc))
         return JSONResponse(view.to_json(), status_code=201)
 
+    async def owner(request: Request) -> Any:
+        who = await caller(request)
+        token = (request.headers.get("authorization") or "").partition(" ")[2]
+        if token:
+            await run_in_threadpool(coordinator.pass_on_token, who.subject, token, who.expires_at)
+        return who
+
     @app.get("/fl/runs")
     async def runs(request: Request) -> JSONResponse:
-        who = await caller(request)
+        who = await owner(request)
         views = await run_in_threadpool(coordinator.list, who.subject)
         return JSONResponse({"runs": [v.to_json() for v in views]})
 
     @app.get("/fl/runs/{run_id}")
     async def run(request: Request, run_id: str) -> JSONResponse:
-        who = await caller(request)
+        who = await owner(request)
         try:
             view = await run_in_threadpool(coordinator.get, who.subject, run_id)
         except RunNotFound as exc:

@@ -18,7 +18,8 @@ key                 type       meaning
 ``task-file``       str        a file holding ``TaskCode.to_bytes()`` — or:
 ``task-b64``        str        ``TaskCode.to_bytes()``, base64 (exactly one of the four)
 ``token``           str        the user's access token (sent to every node) — or:
-``token-file``      str        a file holding it (exactly one of the two)
+``token-file``      str        a file holding it (exactly one of the two); read again for every
+                               round, so that whoever holds the file can pass a fresher token on
 ``purpose``         str        the purpose under the sharing terms (default ``ai-development``)
 ``run-id``          str        the id the nodes' ledgers record (default ``flwr-<run id>``)
 ``strategy``        str        ``fedavg`` or ``fedprox``
@@ -185,6 +186,7 @@ class RunConfig:
     secagg_clip: float = 8.0
     secagg_max_weight: float = 1000.0
     datasets: tuple[str, ...] = ()
+    token_file: Path | None = None
 
     @property
     def dp(self) -> bool:
@@ -273,7 +275,18 @@ class RunConfig:
             dp_delta=_float(v, "dp-delta", low=0.0, high=1.0, low_open=True),
             secagg=secagg, secagg_clip=_float(v, "secagg-clip", low=0.0, low_open=True),
             secagg_max_weight=_float(v, "secagg-max-weight", low=0.0, low_open=True),
-            datasets=_datasets(_str(v, "datasets")))
+            datasets=_datasets(_str(v, "datasets")), token_file=Path(token_file) if token_file else None)
+
+    def current_token(self) -> str:
+        """The token to send now: ``token-file`` read again when the run has one (a fresher
+        token passed on while the run goes), else — or when the file is gone or empty — the
+        token the run started with."""
+        if self.token_file is not None:
+            with contextlib.suppress(OSError, UnicodeDecodeError):
+                fresh = self.token_file.read_text(encoding="utf-8").strip()
+                if fresh:
+                    return fresh
+        return self.token
 
     def load_task(self) -> TaskCode:
         """The run's task code, from whichever source the config names.

@@ -169,6 +169,11 @@ class _Nodes:
     node_wait: float
     min_available_nodes: int
     min_train_nodes: int
+    run_config: RunConfig
+
+    def fresh_token(self, config: ConfigRecord) -> None:
+        """Put the run's current token (see :meth:`RunConfig.current_token`) in ``config``."""
+        config["token"] = self.run_config.current_token().encode()
 
     def wait_for_nodes(self, grid: Grid, server_round: int) -> list[int]:
         deadline = time.monotonic() + self.node_wait
@@ -193,11 +198,13 @@ class _Nodes:
                         grid: Grid) -> Iterable[Message]:
         self.wait_for_nodes(grid, server_round)
         self.recorder.round_started[server_round] = time.monotonic()
+        self.fresh_token(config)
         return super().configure_train(server_round, arrays, config, grid)  # type: ignore[misc]
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
         self.wait_for_nodes(grid, server_round)
+        self.fresh_token(config)
         return super().configure_evaluate(server_round, arrays, config, grid)  # type: ignore[misc]
 
     def aggregate_train(self, server_round: int,
@@ -240,6 +247,7 @@ def _strategy(cfg: RunConfig, recorder: Recorder) -> FedAvg:
     s: FedAvg = _FedProx(**common, proximal_mu=cfg.proximal_mu) if cfg.strategy == "fedprox" else _FedAvg(**common)
     s.recorder = recorder  # type: ignore[attr-defined]
     s.node_wait = cfg.node_wait  # type: ignore[attr-defined]
+    s.run_config = cfg  # type: ignore[attr-defined]
     return s
 
 
@@ -270,6 +278,8 @@ def _run_secagg(grid: Grid, context: Context, cfg: RunConfig, strategy: FedAvg, 
     for rnd in range(1, cfg.rounds + 1):
         ids = nodes.wait_for_nodes(grid, rnd)
         recorder.round_started[rnd] = time.monotonic()
+        base = ConfigRecord(dict(base))
+        nodes.fresh_token(base)
         chosen = random.sample(ids, max(cfg.min_nodes, int(len(ids) * cfg.fraction)))
         try:
             done = secagg_train_round(grid, context, server_round=rnd, arrays=arrays, config=dict(base),

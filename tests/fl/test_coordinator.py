@@ -161,3 +161,38 @@ def test_a_run_the_engine_lost_is_failed_with_a_reason_and_a_stop_is_passed_on(s
     assert lost.status == "failed" and "without a result" in (lost.error or "")
     second = coord.submit("rita", "rita", "TOKEN", "ai-development", {"task": "mg-lesion"})
     assert coord.stop("rita", second.run_id).status == "stopped"
+
+
+def test_a_fresher_token_of_the_owner_is_passed_on_to_their_running_runs_only(setup: Any) -> None:
+    coord, engine, _ = setup
+    mine = coord.submit("rita", "rita", "TOKEN-1", "ai-development", {"task": "mg-lesion"}, token_expires=1000)
+    done = coord.submit("rita", "rita", "TOKEN-1", "ai-development", {"task": "mg-lesion"}, token_expires=1000)
+    other = coord.submit("otto", "otto", "OTTO-1", "ai-development", {"task": "mg-lesion"}, token_expires=1000)
+    dirs = {v.run_id: run_dir for v, (run_dir, _) in zip((mine, done, other), engine.started, strict=True)}
+    engine.states["2"] = "failed"
+    assert coord.get("rita", done.run_id).status == "failed"
+    assert not (dirs[done.run_id] / "token").exists()  # an ended run's token is gone
+
+    assert coord.pass_on_token("rita", "TOKEN-2", 1600) == 1
+    assert (dirs[mine.run_id] / "token").read_text() == "TOKEN-2"
+    assert oct((dirs[mine.run_id] / "token").stat().st_mode & 0o777) == "0o600"
+    assert not (dirs[done.run_id] / "token").exists()  # not brought back
+    assert (dirs[other.run_id] / "token").read_text() == "OTTO-1"  # another user's run: untouched
+    # an older or equal token never replaces a fresher one
+    assert coord.pass_on_token("rita", "TOKEN-OLD", 1200) == 0
+    assert coord.pass_on_token("rita", "TOKEN-SAME", 1600) == 0
+    assert (dirs[mine.run_id] / "token").read_text() == "TOKEN-2"
+
+
+def test_the_server_app_reads_the_token_file_again_for_every_round(tmp_path: Path) -> None:
+    from incisive_lab.fl.run_config import RunConfig
+
+    token = tmp_path / "token"
+    token.write_text("FIRST\n")
+    cfg = RunConfig.from_mapping({"out-dir": str(tmp_path), "task-name": "mg-lesion", "token-file": str(token),
+                                  "run-id": "r"})
+    assert cfg.current_token() == "FIRST"
+    token.write_text("SECOND")
+    assert cfg.current_token() == "SECOND"
+    token.unlink()  # the run is ending: the last token read stands
+    assert cfg.current_token() == "FIRST"

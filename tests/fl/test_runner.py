@@ -185,3 +185,30 @@ def test_run_config_errors_name_the_key(env: AppEnv) -> None:
                      ({"epochs": -1}, "'epochs'"), ({"lr": -0.1}, "'lr'"), ({"batch-size": 1.5}, "'batch-size'")):
         with pytest.raises(RunConfigError, match=key):
             RunConfig.from_mapping({**good, **bad})
+
+
+def test_a_token_passed_on_mid_run_is_what_the_nodes_get_next(env: AppEnv) -> None:
+    """The run's token file is read again for every round's messages: a token replaced while
+    round 1 trains is the one round 1's evaluation carries (here one the nodes refuse: a
+    user without grants, so the run fails there and the nodes' ledgers name that user)."""
+    from incisive_lab.fl.clientapp import build_client_app
+    from incisive_lab.fl.runner import InProcessRunner
+
+    token_file = env.root / "run-token"
+    token_file.write_text(env.token())
+    replaced: list[str] = []
+
+    def hook(node: str, dataset: str, patient: str) -> None:
+        if not replaced:
+            token_file.write_text(env.token(sub="mallory"))
+            replaced.append(node)
+
+    cfg = env.run_config("pass-on", rounds=2, min_nodes=3)
+    del cfg["token"]
+    cfg["token-file"] = str(token_file)
+    with pytest.raises(RunFailed, match=r"round 1 \(evaluate\)"):
+        InProcessRunner(env.node_configs(), client_app=build_client_app(on_read=hook)).run(cfg)
+    for site in ("a", "b", "c"):
+        events = [e for e in env.ledger(site) if e.details.get("run_id") == "test-pass-on"]
+        assert [(e.actor, e.outcome.decision) for e in events][:2] == [("user:researcher", "allowed")] * 2
+        assert events[-1].actor == "user:mallory" and events[-1].outcome.decision == "denied"
