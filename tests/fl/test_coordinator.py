@@ -194,5 +194,5 @@ def test_the_server_app_reads_the_token_file_again_for_every_round(tmp_path: Pat
     assert cfg.current_token() == "FIRST"
     token.write_text("SECOND")
     assert cfg.current_token() == "SECOND"
-    token.unlink()  # the run is ending: the last token read stands
+    token.unlink()  # the run is ending (its file removed): the token it started with
     assert cfg.current_token() == "FIRST"
