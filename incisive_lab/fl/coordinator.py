@@ -421,8 +421,11 @@ class Coordinator:
         if record.status not in ("running", "stopping") or record.engine_id is None:
             return record
         run_dir = self.root / record.run_id
-        result = _read_json(run_dir / "result.json")
+        # the engine first: the ServerApp writes result.json before its run ends, so once the
+        # engine says the run ended, the result (if any) is there to read (read before asking,
+        # a run ending in between looked like one that ended without a result)
         engine = self.launcher.status(record.engine_id)
+        result = _read_json(run_dir / "result.json")
         if result is not None and result.get("status") == "finished":
             record.status = "finished"
         elif engine in ("failed", "stopped") or (result is not None and result.get("status") == "failed"):

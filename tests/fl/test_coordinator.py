@@ -196,3 +196,22 @@ def test_the_server_app_reads_the_token_file_again_for_every_round(tmp_path: Pat
     assert cfg.current_token() == "SECOND"
     token.unlink()  # the run is ending (its file removed): the token it started with
     assert cfg.current_token() == "FIRST"
+
+
+def test_a_run_ending_while_it_is_looked_at_is_finished_not_failed(setup: Any) -> None:
+    """The ServerApp writes result.json, then its run ends: a look in between must not take
+    the run for one that ended without a result."""
+    coord, engine, _ = setup
+    view = coord.submit("rita", "rita", "TOKEN", "ai-development", {"task": "mg-lesion", "rounds": 1})
+    run_dir, _ = engine.started[0]
+    model = b"model"
+
+    def ends_now(engine_id: str) -> str:  # the run finishes as the engine is asked
+        (run_dir / "model.pt").write_bytes(model)
+        (run_dir / "result.json").write_text(json.dumps({
+            "status": "finished", "nodes": ["a"], "model_sha256": hashlib.sha256(model).hexdigest()}))
+        return "finished"
+
+    engine.status = ends_now  # type: ignore[method-assign]
+    got = coord.get("rita", view.run_id)
+    assert got.status == "finished" and got.error is None
