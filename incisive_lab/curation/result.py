@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from incisive_lab._files import write_atomic
 from incisive_lab.curation.bodypart import CodedConcept
 from incisive_lab.curation.findings import CHECKS, Finding, QuarantinedItem
 
@@ -239,7 +239,7 @@ class CurationResult:
         """
         target = Path(path)
         text = json.dumps(self.to_json(), ensure_ascii=False, indent=1, sort_keys=False)
-        _atomic_write(target, text.encode("utf-8"))
+        write_atomic(target, text.encode("utf-8"))
         return target
 
     @classmethod
@@ -252,19 +252,5 @@ class CurationResult:
         from incisive_lab.curation.report import render_html
 
         target = Path(path)
-        _atomic_write(target, render_html(self).encode("utf-8"))
+        write_atomic(target, render_html(self).encode("utf-8"))
         return target
-
-
-def _atomic_write(target: Path, payload: bytes) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(payload)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

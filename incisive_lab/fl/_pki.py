@@ -35,7 +35,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from incisive_lab.fl._files import write_atomic
+from incisive_lab._files import write_atomic
 
 __all__ = ["NodeKey", "Pki"]
 

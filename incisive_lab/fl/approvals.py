@@ -29,8 +29,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from incisive_lab._files import write_atomic
 from incisive_lab.errors import IncisiveLabError
-from incisive_lab.fl._files import write_atomic
 
 if TYPE_CHECKING:
     from incisive_lab.fl.task import TaskCode

@@ -273,7 +273,7 @@ class FlowerLauncher:
 
 
 def _write_json(path: Path, doc: Any) -> None:
-    from incisive_lab.fl._files import write_atomic
+    from incisive_lab._files import write_atomic
 
     write_atomic(path, json.dumps(doc, indent=1, sort_keys=True).encode())
 
@@ -381,7 +381,7 @@ class Coordinator:
         """The ServerApp's run config (see :mod:`incisive_lab.fl.run_config`). The token goes
         by file (0600, removed when the run ends), so that it is not kept in the SuperLink's
         state with the run."""
-        from incisive_lab.fl._files import write_atomic
+        from incisive_lab._files import write_atomic
 
         token_file = run_dir / "token"
         write_atomic(token_file, token.encode(), private=True)
@@ -492,7 +492,7 @@ class Coordinator:
                     continue
                 if not token_file.exists():
                     continue  # the run is ending: its token is gone, and stays gone
-                from incisive_lab.fl._files import write_atomic
+                from incisive_lab._files import write_atomic
 
                 write_atomic(token_file, token.encode(), private=True)
                 record.token_expires = expires_at

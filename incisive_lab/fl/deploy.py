@@ -43,9 +43,9 @@ from typing import Any, Self
 
 import tomli_w
 
+from incisive_lab._files import write_atomic
 from incisive_lab._processes import ServiceError, ServiceProcess, free_port, pid_alive, stop_group
 from incisive_lab.errors import IncisiveLabError
-from incisive_lab.fl._files import write_atomic
 from incisive_lab.fl._pki import NodeKey, Pki
 
 __all__ = [

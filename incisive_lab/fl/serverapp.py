@@ -59,8 +59,8 @@ from flwr.app import (
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg, FedProx
 
+from incisive_lab._files import write_atomic
 from incisive_lab.errors import IncisiveLabError
-from incisive_lab.fl._files import write_atomic
 from incisive_lab.fl.run_config import RunConfig
 
 __all__ = ["RunFailed", "app", "run_server"]

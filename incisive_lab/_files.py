@@ -1,4 +1,5 @@
-"""One way for the training code to write a file: atomically, durably, private when asked."""
+"""One way to write a file: atomically, durably, private when asked (curation reports and the
+training code; the ledger keeps its own, being importable on its own)."""
 
 from __future__ import annotations
 
