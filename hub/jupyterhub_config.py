@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import signal
 import socket
 import sys
 from pathlib import Path
@@ -107,6 +108,13 @@ c.SandboxSpawner.allow_rlimit_fallback = settings.allow_rlimit_fallback
 c.Spawner.default_url = "/lab"  # JupyterLab is the user interface
 c.Spawner.start_timeout = settings.start_timeout
 c.Spawner.http_timeout = settings.start_timeout
+
+# -- signals: a hub started with SIGINT ignored (by nohup, or as a script's background job)
+# would pass that on to the proxy and the culler it starts before handling signals itself;
+# on a clean stop JupyterHub interrupts the culler and gives it 10 s before SIGTERM, and
+# whoever stops the hub may not wait that long: both would outlive it.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 # -- idle culling -----------------------------------------------------------------------------
 c.JupyterHub.services = [{

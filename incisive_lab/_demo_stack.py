@@ -343,7 +343,9 @@ def _services(plan: Mapping[str, Any]) -> list[Any]:
     out.append(ServiceProcess(
         "hub",
         [str(Path(sys.executable).with_name("jupyterhub")), "-f", str(REPO / "hub" / "jupyterhub_config.py")],
-        f"{plan['hub_url']}/hub/health", paths.logs / "hub.log", env=hub_env, cwd=paths.hub))
+        f"{plan['hub_url']}/hub/health", paths.logs / "hub.log", env=hub_env, cwd=paths.hub,
+        # the hub stops its culler (SIGINT, 10 s, SIGTERM), its servers and its proxy first
+        stop_timeout=45.0, pid_files=[(paths.hub / "proxy.pid", "configurable-http-proxy")]))
     return out
 
 
@@ -415,7 +417,7 @@ def read_state(demo_dir: Path) -> dict[str, Any] | None:
     return state
 
 
-def stop_running(demo_dir: Path, *, timeout: float = 60.0) -> bool:
+def stop_running(demo_dir: Path, *, timeout: float = 120.0) -> bool:
     """Stop a demo started with ``--detach``; returns whether one was running."""
     state = read_state(demo_dir)
     path = state_file(demo_dir)

@@ -76,6 +76,28 @@ def stop_group(pid: int, *, timeout: float = 15.0) -> None:
         os.killpg(pid, signal.SIGKILL)
 
 
+def stop_detached(pid_file: Path, word: str, *, timeout: float = 5.0) -> bool:
+    """Stop the process named by ``pid_file`` if it is alive and ``word`` is in its command
+    line (SIGTERM, then SIGKILL after ``timeout``); returns whether there was one to stop."""
+    try:
+        pid = int(pid_file.read_text().strip())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError):
+        return False
+    if word.encode() not in cmdline:
+        return False  # gone, and its pid now someone else's
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while pid_alive(pid):
+        if time.monotonic() > deadline:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            break
+        time.sleep(0.1)  # waiting for it to exit
+    return True
+
+
 @dataclass
 class ServiceProcess:
     """One service: ``argv`` run in ``cwd`` with ``env``, ready when ``ready_url`` answers 200
@@ -91,6 +113,11 @@ class ServiceProcess:
     timeout: float = 90.0
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     verify: Any = True
+    #: Seconds its clean stop may take before the group is killed.
+    stop_timeout: float = 15.0
+    #: What it starts in sessions of their own, as (pid file, a word of their command line):
+    #: stopped after it, when its own stop left them running (checked, as a pid may be reused).
+    pid_files: Sequence[tuple[Path, str]] = ()
 
     @property
     def pid(self) -> int | None:
@@ -135,11 +162,14 @@ class ServiceProcess:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def stop(self, timeout: float = 15.0) -> None:
-        """Stop the service and everything it started (its process group)."""
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop the service and everything it started (its process group, then what it
+        left of :attr:`pid_files`); ``timeout``: :attr:`stop_timeout` when not given."""
         if self.proc is None:
             return
         if self.proc.poll() is None:
-            stop_group(self.proc.pid, timeout=timeout)
+            stop_group(self.proc.pid, timeout=self.stop_timeout if timeout is None else timeout)
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(5)
+        for pid_file, word in self.pid_files:
+            stop_detached(pid_file, word)

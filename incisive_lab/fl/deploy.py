@@ -135,7 +135,7 @@ class _FlowerProcess(ServiceProcess):
 
     detached: list[int] = field(default_factory=list, repr=False)
 
-    def stop(self, timeout: float = 15.0) -> None:
+    def stop(self, timeout: float | None = None) -> None:
         pid = self.pid
         if pid is not None and self.proc is not None and self.proc.poll() is None:
             self.detached = _children_of(pid)

@@ -10,8 +10,10 @@ bubblewrap, kernels run in their own sandbox, the gateway forwards with the user
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -23,6 +25,7 @@ import pytest
 from incisive_lab._processes import free_port
 from tests._support.browser import chromium
 from tests._support.hub_session import HubSession
+from tests._support.procs import wait_none_running_in
 
 
 @pytest.fixture(scope="package")
@@ -53,7 +56,13 @@ def workbench(demo_dir: Path) -> Iterator[dict[str, Any]]:
         yield state
     finally:
         subprocess.run([sys.executable, "-m", "incisive_lab.cli", "demo", "stop", "--dir", str(demo_dir)],
-                       capture_output=True, text=True, timeout=120)
+                       capture_output=True, text=True, timeout=300)
+        # `demo stop` leaves nothing running: no node, hub, proxy, culler, server or kernel
+        left = wait_none_running_in(demo_dir)
+        for pid in left:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        assert left == {}, f"still running after `incisive-lab demo stop`: {left}"
 
 
 def password(state: dict[str, Any], user: str) -> str:

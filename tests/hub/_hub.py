@@ -33,7 +33,7 @@ from urllib.parse import urljoin, urlsplit
 
 import httpx
 
-from incisive_lab._processes import free_port
+from incisive_lab._processes import free_port, stop_detached
 from tests._support.idp import CLIENT_ID, DEFAULT_SCOPES, REDIRECT_URI, Idp
 
 REPO = Path(__file__).resolve().parents[2]
@@ -153,9 +153,7 @@ class RunningHub:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(timeout=5)
-        pid_file = self.state_dir / "proxy.pid"
-        with contextlib.suppress(OSError, ValueError):
-            os.kill(int(pid_file.read_text().strip()), signal.SIGKILL)  # orphaned proxy
+        stop_detached(self.state_dir / "proxy.pid", "configurable-http-proxy")  # orphaned proxy
         _remove_hub_cgroups(self.state_dir)
 
     def __enter__(self) -> RunningHub:
