@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from incisive_lab._files import write_atomic
 from incisive_lab.errors import IncisiveLabError
 from incisive_lab.fl.run_config import STRATEGIES, check_task_config
 
@@ -273,8 +274,6 @@ class FlowerLauncher:
 
 
 def _write_json(path: Path, doc: Any) -> None:
-    from incisive_lab._files import write_atomic
-
     write_atomic(path, json.dumps(doc, indent=1, sort_keys=True).encode())
 
 
@@ -381,8 +380,6 @@ class Coordinator:
         """The ServerApp's run config (see :mod:`incisive_lab.fl.run_config`). The token goes
         by file (0600, removed when the run ends), so that it is not kept in the SuperLink's
         state with the run."""
-        from incisive_lab._files import write_atomic
-
         token_file = run_dir / "token"
         write_atomic(token_file, token.encode(), private=True)
         config: dict[str, Any] = {
@@ -492,8 +489,6 @@ class Coordinator:
                     continue
                 if not token_file.exists():
                     continue  # the run is ending: its token is gone, and stays gone
-                from incisive_lab._files import write_atomic
-
                 write_atomic(token_file, token.encode(), private=True)
                 record.token_expires = expires_at
                 self._save(record)
